@@ -1,0 +1,7 @@
+"""OpenTelemetry-native bridge between Pipecat voice agents and Roark."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__"]

@@ -1,0 +1,55 @@
+"""One guard for every entry point: log once, count, never raise into the host."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Final
+
+logger: Final = logging.getLogger("pipecat_roark_otel")
+
+_raise_internal_errors = False
+_LOG_INTERVAL_S: Final = 60.0
+# Guards the two dicts below; entry points run on the loop and on SDK threads.
+_lock = threading.Lock()
+_last_logged: dict[str, float] = {}
+dropped: Counter[str] = Counter()
+
+
+def set_raise_internal_errors(flag: bool) -> None:
+    """Make the guard re-raise. Our own test suite sets it so bugs are never swallowed."""
+    global _raise_internal_errors
+    _raise_internal_errors = flag
+
+
+def should_log(key: str, *, interval: float = _LOG_INTERVAL_S) -> bool:
+    """Rate-limit a repeated message to once per ``interval`` per key."""
+    now = time.monotonic()
+    with _lock:
+        last = _last_logged.get(key)
+        if last is not None and now - last < interval:
+            return False
+        _last_logged[key] = now
+        return True
+
+
+def count_drop(reason: str, n: int = 1) -> None:
+    with _lock:
+        dropped[reason] += n
+
+
+@contextmanager
+def guard(where: str) -> Iterator[None]:
+    """Log an internal error once per ``where`` and carry on."""
+    try:
+        yield
+    except Exception:
+        count_drop(f"internal_error:{where}")
+        if _raise_internal_errors:
+            raise
+        if should_log(f"guard:{where}"):
+            logger.exception("pipecat-roark-otel internal error in %s; the call goes on", where)

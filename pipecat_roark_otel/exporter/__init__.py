@@ -1,0 +1,1 @@
+"""Roark span exporter."""

@@ -1,0 +1,77 @@
+"""Span, event and attribute names of the call record, shared by writer and reader.
+
+OTel GenAI conventions are used where they fit (conversation id, tool calls);
+everything else is ours under ``roark.*``. The README table is checked against
+this module by ``tests/test_semconv.py``.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+INSTRUMENTATION_SCOPE: Final = "pipecat_roark_otel"
+
+# Spans. The start span ends at once so call-started leaves while the call runs;
+# segments end as they fill; the call span ends with the call.
+SPAN_CALL: Final = "roark.call"
+SPAN_CALL_START: Final = "roark.call.start"
+SPAN_CALL_SEGMENT: Final = "roark.call.segment"
+
+# Identity (on every span of ours, as on Pipecat's).
+CONVERSATION_ID: Final = "conversation.id"
+GEN_AI_CONVERSATION_ID: Final = "gen_ai.conversation.id"
+
+# Call attributes.
+AGENT_ID: Final = "roark.agent.id"
+AGENT_NAME: Final = "roark.agent.name"
+AGENT_PROMPT: Final = "roark.agent.prompt"
+CALL_STARTED_AT: Final = "roark.call.started_at"
+CALL_ENDED_AT: Final = "roark.call.ended_at"
+CALL_ENDED_REASON: Final = "roark.call.ended_reason"
+CALL_AGENT_SPOKE_FIRST: Final = "roark.call.agent_spoke_first"
+CALL_SEGMENT_COUNT: Final = "roark.call.segment_count"
+CALL_TURN_COUNT: Final = "roark.call.turn_count"
+CALL_TOOL_EVENT_COUNT: Final = "roark.call.tool_event_count"
+SEGMENT_INDEX: Final = "roark.segment.index"
+
+# Recording facts (on the call span).
+RECORDING_SAMPLE_RATE: Final = "roark.recording.sample_rate"
+RECORDING_CHANNELS: Final = "roark.recording.channels"
+RECORDING_CHUNKS: Final = "roark.recording.chunks"
+RECORDING_BYTES: Final = "roark.recording.bytes"
+RECORDING_UPLOAD_FAILURES: Final = "roark.recording.upload_failures"
+
+# Events.
+EVENT_CALL_STARTED: Final = "roark.call.started"
+EVENT_CALL_ENDED: Final = "roark.call.ended"
+EVENT_TURN: Final = "roark.turn"
+EVENT_TOOL_CALL: Final = "gen_ai.tool.call"
+EVENT_TOOL_RESULT: Final = "gen_ai.tool.result"
+
+# Event attributes: every event carries its order within the call.
+EVENT_SEQ: Final = "roark.seq"
+TIMESTAMP: Final = "roark.timestamp"
+AUDIO_OFFSET_MS: Final = "roark.audio_offset_ms"
+
+TURN_ROLE: Final = "roark.turn.role"
+TURN_CONTENT: Final = "roark.turn.content"
+TURN_END_TIMESTAMP: Final = "roark.turn.end_timestamp"
+TURN_END_AUDIO_OFFSET_MS: Final = "roark.turn.end_audio_offset_ms"
+TURN_USER_ID: Final = "roark.turn.user_id"
+TURN_LANGUAGE: Final = "roark.turn.language"
+TURN_INTERRUPTED: Final = "roark.turn.interrupted"
+TURN_LATENCY_MS: Final = "roark.turn.latency_ms"
+TURN_ONSET_NS: Final = "roark.turn.onset_unix_nano"
+
+TOOL_CALL_ID: Final = "gen_ai.tool.call.id"
+TOOL_NAME: Final = "gen_ai.tool.name"
+TOOL_ARGUMENTS: Final = "gen_ai.tool.call.arguments"
+TOOL_RESULT: Final = "gen_ai.tool.call.result"
+
+# Attributes holding personal data (transcript text, tool payloads, prompts):
+# what ``ContentFilteringSpanExporter`` strips before a third-party backend.
+CONTENT_ATTRIBUTES: Final = frozenset(
+    {TURN_CONTENT, TOOL_ARGUMENTS, TOOL_RESULT, AGENT_PROMPT, TURN_USER_ID}
+)
+
+SPAN_NAMES: Final = frozenset({SPAN_CALL, SPAN_CALL_START, SPAN_CALL_SEGMENT})
