@@ -1,0 +1,117 @@
+"""The HTTP edge: Roark's two endpoints with the key, and a bare client for presigned PUTs."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Final
+
+import httpx
+import pydantic
+from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY, attach, detach, set_value
+
+from ..config import RoarkSettings
+from ._payloads import ChunkUploadRequest, PresignReply
+
+EVENTS_PATH: Final = "/v1/integrations/pipecat"
+PRESIGN_PATH: Final = "/v1/integrations/pipecat/chunk-upload-url"
+PCM_CONTENT_TYPE: Final = "audio/pcm"
+_MESSAGE_MAX: Final = 300
+_USER_AGENT: Final = "pipecat-roark-otel"
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    status: int
+    text: str
+
+
+class RoarkHTTPError(Exception):
+    """A failed request. ``status`` is ``None`` for network errors and unusable replies.
+
+    The message holds the server's reason (truncated) or the error's type, never a URL or header.
+    """
+
+    def __init__(self, status: int | None, message: str, retry_after: str | None = None) -> None:
+        super().__init__(f"HTTP {status}: {message}" if status is not None else message)
+        self.status = status
+        self.message = message
+        self.retry_after = retry_after
+
+
+@contextmanager
+def _suppressed() -> Iterator[None]:
+    # Rule 10: the same key the SDK's BatchProcessor sets around its own exports.
+    token = attach(set_value(_SUPPRESS_INSTRUMENTATION_KEY, True))
+    try:
+        yield
+    finally:
+        detach(token)
+
+
+def _check(response: httpx.Response) -> Reply:
+    if not 200 <= response.status_code < 300:
+        message = response.text[:_MESSAGE_MAX]
+        raise RoarkHTTPError(response.status_code, message, response.headers.get("retry-after"))
+    return Reply(response.status_code, response.text)
+
+
+class RoarkClient:
+    """Synchronous, used only from delivery threads; ``httpx.Client`` is thread-safe."""
+
+    def __init__(
+        self,
+        settings: RoarkSettings,
+        *,
+        transport: httpx.BaseTransport | None = None,
+        timeout: float = 10.0,
+    ) -> None:
+        self._events_url = settings.base_url + EVENTS_PATH
+        self._presign_url = settings.base_url + PRESIGN_PATH
+        self._timeout = timeout
+        self._api = httpx.Client(
+            transport=transport,
+            timeout=timeout,
+            headers={
+                "x-roark-api-key": settings.api_key,
+                "authorization": f"Bearer {settings.api_key}",
+                "user-agent": _USER_AGENT,
+            },
+        )
+        # Presigned URLs reject any auth header: a separate client that never has one.
+        self._bare = httpx.Client(
+            transport=transport, timeout=timeout, headers={"user-agent": _USER_AGENT}
+        )
+
+    def _send(
+        self, client: httpx.Client, method: str, url: str, timeout: float | None, **kw: Any
+    ) -> Reply:
+        try:
+            with _suppressed():
+                response = client.request(
+                    method, url, timeout=self._timeout if timeout is None else timeout, **kw
+                )
+        except httpx.HTTPError as exc:  # no str(exc): it may carry a presigned URL
+            raise RoarkHTTPError(None, type(exc).__name__) from None
+        return _check(response)
+
+    def post_event(self, body: dict[str, Any], *, timeout: float | None = None) -> Reply:
+        return self._send(self._api, "POST", self._events_url, timeout, json=body)
+
+    def presign(self, call_id: str, index: int, *, timeout: float | None = None) -> PresignReply:
+        request = ChunkUploadRequest(pipecatCallId=call_id, chunkIndex=index).wire()
+        reply = self._send(self._api, "POST", self._presign_url, timeout, json=request)
+        try:
+            return PresignReply.parse_reply(json.loads(reply.text))
+        except (ValueError, pydantic.ValidationError):
+            raise RoarkHTTPError(None, "presign reply without a usable uploadUrl") from None
+
+    def put_chunk(self, url: str, pcm: bytes, *, timeout: float | None = None) -> Reply:
+        headers = {"content-type": PCM_CONTENT_TYPE}
+        return self._send(self._bare, "PUT", url, timeout, content=pcm, headers=headers)
+
+    def close(self) -> None:
+        self._api.close()
+        self._bare.close()

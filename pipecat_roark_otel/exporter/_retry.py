@@ -1,0 +1,130 @@
+"""Retry policy as data plus pure functions: status classes, backoff, Retry-After, breaker."""
+
+from __future__ import annotations
+
+import enum
+import math
+import random
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from typing import Final
+
+RETRYABLE: Final = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
+AUTH: Final = frozenset({401, 403})
+
+BACKOFF_BASE_S: Final = 0.5
+BACKOFF_CAP_S: Final = 60.0
+AUTH_BACKOFF_BASE_S: Final = 30.0
+AUTH_BACKOFF_CAP_S: Final = 300.0
+# A server asking for more than this is treated as asking for this much; nothing is dropped.
+RETRY_AFTER_CAP_S: Final = 600.0
+
+
+class Outcome(enum.Enum):
+    OK = "ok"
+    RETRY = "retry"
+    AUTH = "auth"
+    PERMANENT = "permanent"
+
+
+def classify(status: int | None) -> Outcome:
+    """``None`` is a network error, a timeout or an unusable reply: always worth retrying."""
+    if status is None or status in RETRYABLE:
+        return Outcome.RETRY
+    if 200 <= status < 300:
+        return Outcome.OK
+    if status in AUTH:
+        return Outcome.AUTH
+    # Other 5xx are the server's trouble, not the item's: retry. Other 4xx (and 1xx/3xx) won't heal.
+    if status >= 500:
+        return Outcome.RETRY
+    return Outcome.PERMANENT
+
+
+def backoff(
+    attempt: int,
+    rng: random.Random,
+    *,
+    base: float = BACKOFF_BASE_S,
+    cap: float = BACKOFF_CAP_S,
+) -> float:
+    """Exponential backoff with full jitter; ``attempt`` counts from 0."""
+    ceiling = min(cap, base * math.pow(2.0, min(max(attempt, 0), 62)))
+    return rng.uniform(0.0, ceiling)
+
+
+def auth_backoff(attempt: int) -> float:
+    """A rejected key heals only by a human: retry slowly (30 s doubling to 5 min), no jitter."""
+    return min(AUTH_BACKOFF_CAP_S, AUTH_BACKOFF_BASE_S * math.pow(2.0, min(max(attempt, 0), 62)))
+
+
+def parse_retry_after(value: str | None, now: float) -> float | None:
+    """Seconds to wait per ``Retry-After``: delta-seconds or HTTP-date; ``now`` is epoch s."""
+    if value is None:
+        return None
+    value = value.strip()
+    if not value:
+        return None
+    if value.isdigit():
+        return min(float(value), RETRY_AFTER_CAP_S)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:  # RFC 9110 dates are GMT
+        return None
+    return min(max(0.0, when.timestamp() - now), RETRY_AFTER_CAP_S)
+
+
+def retry_delay(attempt: int, retry_after: float | None, rng: random.Random) -> float:
+    """Honour the server's ``Retry-After`` when it asks for longer than our own backoff."""
+    own = backoff(attempt, rng)
+    return own if retry_after is None else max(own, retry_after)
+
+
+@dataclass(slots=True)
+class CircuitBreaker:
+    """After ``threshold`` consecutive failures stop for ``cooldown`` s, then let one try through.
+
+    Nothing is dropped while open: callers keep the work and ask again later.
+    Not thread-safe; the owner holds its own lock.
+    """
+
+    threshold: int = 8
+    cooldown: float = 5.0
+    failures: int = 0
+    opened_at: float | None = None
+    probing: bool = False
+
+    def allow(self, now: float) -> bool:
+        if self.opened_at is None:
+            return True
+        if self.probing or now - self.opened_at < self.cooldown:
+            return False
+        self.probing = True  # half-open: exactly one request
+        return True
+
+    def retry_at(self, now: float) -> float:
+        """When ``allow`` may next say yes (``now`` when closed)."""
+        if self.opened_at is None:
+            return now
+        return max(now, self.opened_at + self.cooldown)
+
+    def record_success(self) -> None:
+        self.failures = 0
+        self.opened_at = None
+        self.probing = False
+
+    def release_probe(self) -> None:
+        """The half-open try made no request after all: let another one through."""
+        self.probing = False
+
+    def record_failure(self, now: float) -> None:
+        self.failures += 1
+        if self.probing or self.failures >= self.threshold:
+            self.opened_at = now
+        self.probing = False
+
+    @property
+    def is_open(self) -> bool:
+        return self.opened_at is not None

@@ -1,0 +1,87 @@
+"""Inspect and resend dead letters: items Roark refused permanently, kept on disk.
+
+    python -m pipecat_roark_otel.exporter.deadletters --spool-dir DIR list
+    python -m pipecat_roark_otel.exporter.deadletters --spool-dir DIR show KEY
+    python -m pipecat_roark_otel.exporter.deadletters --spool-dir DIR resend KEY
+    python -m pipecat_roark_otel.exporter.deadletters --spool-dir DIR purge KEY
+
+KEY is the call's directory name from ``list`` or the raw call id. ``resend``
+moves the items back into the live queue; the next process (or the running one)
+delivers them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from ..config import ENV_SPOOL_DIR, resolve_base_url, resolve_spool_dir
+from ._outbox import Outbox
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m pipecat_roark_otel.exporter.deadletters", description=__doc__.split("\n")[0]
+    )
+    p.add_argument(
+        "--spool-dir",
+        help=f"the spool directory (default: ${ENV_SPOOL_DIR}, else the one for --base-url)",
+    )
+    p.add_argument("--base-url", help="picks the default spool dir when --spool-dir is not given")
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("list", help="one line per call with dead letters")
+    for name, what in (
+        ("show", "items and reasons of one call"),
+        ("resend", "move a call's dead letters back into the live queue"),
+        ("purge", "delete a call's dead letters"),
+    ):
+        sub.add_parser(name, help=what).add_argument("key", help="directory name or call id")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    spool = resolve_spool_dir(args.spool_dir, resolve_base_url(args.base_url))
+    outbox = Outbox(Path(spool))
+    out = sys.stdout
+    if args.command == "list":
+        for key in outbox.dead_keys():
+            info = outbox.dead_info(key) or {}
+            reasons = info.get("reasons", {})
+            statuses = sorted({str(r.get("status")) for r in reasons.values()})
+            out.write(
+                f"{key}  call={info.get('callId')}  items={len(info.get('items', []))}"
+                f"  status={','.join(statuses) or '-'}\n"
+            )
+        return 0
+    key = outbox.resolve_dead_key(args.key)
+    if args.command == "show":
+        shown = outbox.dead_info(key)
+        if shown is None:
+            sys.stderr.write(f"no dead letters for {args.key}\n")
+            return 1
+        out.write(json.dumps(shown, indent=2, ensure_ascii=False) + "\n")
+        return 0
+    if args.command == "resend":
+        try:
+            moved = outbox.resend(key)
+        except BlockingIOError as exc:
+            sys.stderr.write(f"{exc}\n")
+            return 2
+        if not moved:
+            sys.stderr.write(f"no dead letters for {args.key}\n")
+            return 1
+        out.write(f"moved {moved} item(s) of {key} back to the queue\n")
+        return 0
+    if not outbox.purge(key):
+        sys.stderr.write(f"no dead letters for {args.key}\n")
+        return 1
+    out.write(f"purged {key}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,148 @@
+"""call-ended reassembly from the end record and segment records: a pure table."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pydantic
+import pytest
+
+from pipecat_roark_otel.exporter._assemble import assemble_call_ended
+
+BASE: dict[str, Any] = {
+    "event": "call-ended",
+    "pipecatCallId": "c1",
+    "eventTimestamp": "2025-01-01T00:01:00+00:00",
+    "callStartedAt": "2025-01-01T00:00:00+00:00",
+    "callEndedAt": "2025-01-01T00:01:00+00:00",
+    "callEndedReason": "agent-ended",
+}
+
+
+def end(**extra: Any) -> dict[str, Any]:
+    return {"segments": 0, "chunks": 0, "payload": {**BASE, **extra}}
+
+
+def turn(seq: int, onset: int, content: str, role: str = "user") -> dict[str, Any]:
+    record = {
+        "role": role,
+        "content": content,
+        "timestamp": "2025-01-01T00:00:01+00:00",
+        "endTimestamp": "2025-01-01T00:00:02+00:00",
+    }
+    return {"seq": seq, "kind": "turn", "onset_ns": onset, "record": record}
+
+
+def call(seq: int, tid: str) -> dict[str, Any]:
+    record = {
+        "kind": "tool_call",
+        "toolCallId": tid,
+        "name": "lookup",
+        "arguments": "{}",
+        "timestamp": "2025-01-01T00:00:03+00:00",
+    }
+    return {"seq": seq, "kind": "tool", "onset_ns": 0, "record": record}
+
+
+def result(seq: int, tid: str) -> dict[str, Any]:
+    record = {
+        "kind": "tool_result",
+        "toolCallId": tid,
+        "content": "ok",
+        "timestamp": "2025-01-01T00:00:04+00:00",
+    }
+    return {"seq": seq, "kind": "tool", "onset_ns": 0, "record": record}
+
+
+def contents(body: dict[str, Any]) -> list[str]:
+    return [t["content"] for t in body["transcript"]]
+
+
+def test_no_segments_omits_both_lists_and_keeps_nullable_pair() -> None:
+    body = assemble_call_ended(end(callStartedAt=None), [])
+    assert body == {**BASE, "callStartedAt": None}
+    assert list(body)[:5] == [
+        "event",
+        "pipecatCallId",
+        "eventTimestamp",
+        "callStartedAt",
+        "callEndedAt",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("segments", "expected"),
+    [
+        ([{"entries": [turn(0, 10, "a"), turn(1, 20, "b")]}], ["a", "b"]),
+        # by onset, across segments given out of order
+        (
+            [{"entries": [turn(5, 30, "c")]}, {"entries": [turn(1, 10, "a"), turn(2, 20, "b")]}],
+            ["a", "b", "c"],
+        ),
+        # a later seq with an earlier onset (user spoke first, transcribed later)
+        ([{"entries": [turn(0, 50, "bot", "assistant"), turn(1, 40, "user")]}], ["user", "bot"]),
+        # same onset: seq breaks the tie
+        ([{"entries": [turn(2, 10, "y"), turn(1, 10, "x")]}], ["x", "y"]),
+        ([{"entries": []}, {"entries": [turn(0, 1, "only")]}], ["only"]),
+    ],
+)
+def test_transcript_order(segments: list[dict[str, Any]], expected: list[str]) -> None:
+    assert contents(assemble_call_ended(end(), segments)) == expected
+
+
+def test_tools_by_seq_and_transcript_absent_when_no_turns() -> None:
+    segs = [{"entries": [result(3, "t1"), call(2, "t1")]}, {"entries": [call(4, "t2")]}]
+    body = assemble_call_ended(end(), segs)
+    assert "transcript" not in body
+    assert [(t["kind"], t["toolCallId"]) for t in body["toolCalls"]] == [
+        ("tool_call", "t1"),
+        ("tool_result", "t1"),
+        ("tool_call", "t2"),
+    ]
+
+
+def test_recording_fields_pass_through() -> None:
+    body = assemble_call_ended(
+        end(recordingSampleRate=16000, recordingNumChannels=2, agentSpokeFirst=True), []
+    )
+    assert body["recordingSampleRate"] == 16000 and body["agentSpokeFirst"] is True
+
+
+@pytest.mark.parametrize(
+    "segments",
+    [
+        [{"entries": [{**turn(0, 1, "x"), "record": {"role": "robot", "content": "x"}}]}],
+        [{"entries": [{**call(0, "t"), "record": {"kind": "tool_call"}}]}],
+    ],
+)
+def test_bad_record_raises_validation_error(segments: list[dict[str, Any]]) -> None:
+    with pytest.raises(pydantic.ValidationError):
+        assemble_call_ended(end(), segments)
+
+
+@pytest.mark.parametrize(
+    ("end_record", "segments", "error"),
+    [
+        (
+            {"segments": 0, "chunks": 0, "payload": {**BASE, "callEndedReason": 3}},
+            [],
+            pydantic.ValidationError,
+        ),
+        (
+            {"segments": 0, "chunks": 0, "payload": {**BASE, "transcriptx": []}},
+            [],
+            pydantic.ValidationError,
+        ),
+        (
+            end(),
+            [{"entries": [{"seq": 0, "kind": "mystery", "onset_ns": 0, "record": {}}]}],
+            ValueError,
+        ),
+        (end(), [{"entries": [{"kind": "turn", "record": {}}]}], KeyError),
+    ],
+)
+def test_malformed_inputs_raise(
+    end_record: dict[str, Any], segments: list[dict[str, Any]], error: type[Exception]
+) -> None:
+    with pytest.raises(error):
+        assemble_call_ended(end_record, segments)
