@@ -84,7 +84,9 @@ NOW = datetime(2025, 1, 2, 3, 4, 5, tzinfo=timezone.utc).timestamp()
         (" 12 ", 12.0),
         ("99999", 600.0),
         ("-3", None),
-        ("1.5", None),
+        ("1.5", 1.5),
+        ("1.2.3", None),
+        ("nan", None),
         ("soon", None),
         (format_datetime(datetime(2025, 1, 2, 3, 4, 35, tzinfo=timezone.utc), usegmt=True), 30.0),
         ("Thu, 02 Jan 2025 03:04:00 GMT", 0.0),  # in the past: go now

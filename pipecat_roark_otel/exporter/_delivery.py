@@ -37,7 +37,18 @@ from ._outbox import (
 )
 from ._payloads import CallStarted
 from ._plan import Action, plan
-from ._retry import CircuitBreaker, Outcome, auth_backoff, classify, parse_retry_after, retry_delay
+from ._retry import (
+    AUTH_BACKOFF_BASE_S,
+    AUTH_BACKOFF_CAP_S,
+    BACKOFF_BASE_S,
+    BACKOFF_CAP_S,
+    CircuitBreaker,
+    Outcome,
+    auth_backoff,
+    classify,
+    parse_retry_after,
+    retry_delay,
+)
 
 logger: Final = _errors.logger
 _LOCKED_ELSEWHERE_RETRY_S: Final = 0.5
@@ -58,6 +69,10 @@ class DeliveryOptions:
     breaker_cooldown: float = 5.0
     session_budget: int = 32  # steps per call before the next call gets a turn
     max_put_rejections: int = 5  # presigned PUT refused this often in a row: dead letter
+    backoff_base: float = BACKOFF_BASE_S
+    backoff_cap: float = BACKOFF_CAP_S
+    auth_backoff_base: float = AUTH_BACKOFF_BASE_S
+    auth_backoff_cap: float = AUTH_BACKOFF_CAP_S
 
 
 @dataclass(frozen=True, slots=True)
@@ -696,7 +711,13 @@ class Delivery:
             attempt = self._attempts.get(key, 0)
             self._attempts[key] = attempt + 1
             self._counts["retried"] += 1
-        delay = retry_delay(attempt, parse_retry_after(retry_after, now), self._rng)
+        delay = retry_delay(
+            attempt,
+            parse_retry_after(retry_after, now),
+            self._rng,
+            base=self._opts.backoff_base,
+            cap=self._opts.backoff_cap,
+        )
         return _Next(now + delay, True)
 
     def _segments_on_disk(self, key: str) -> frozenset[int]:
@@ -727,7 +748,11 @@ class Delivery:
         now = self._clock()
         with self._cv:
             first = self._auth_until is None
-            self._auth_until = now + auth_backoff(self._auth_attempts)
+            self._auth_until = now + auth_backoff(
+                self._auth_attempts,
+                base=self._opts.auth_backoff_base,
+                cap=self._opts.auth_backoff_cap,
+            )
             self._auth_attempts += 1
             until = self._auth_until
         if first or _errors.should_log("roark_auth_rejected", interval=600.0):

@@ -53,9 +53,11 @@ def backoff(
     return rng.uniform(0.0, ceiling)
 
 
-def auth_backoff(attempt: int) -> float:
+def auth_backoff(
+    attempt: int, *, base: float = AUTH_BACKOFF_BASE_S, cap: float = AUTH_BACKOFF_CAP_S
+) -> float:
     """A rejected key heals only by a human: retry slowly (30 s doubling to 5 min), no jitter."""
-    return min(AUTH_BACKOFF_CAP_S, AUTH_BACKOFF_BASE_S * math.pow(2.0, min(max(attempt, 0), 62)))
+    return min(cap, base * math.pow(2.0, min(max(attempt, 0), 62)))
 
 
 def parse_retry_after(value: str | None, now: float) -> float | None:
@@ -67,6 +69,8 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
         return None
     if value.isdigit():
         return min(float(value), RETRY_AFTER_CAP_S)
+    if value.replace(".", "", 1).isdigit():  # "1.5": not RFC 9110, but some servers send it
+        return min(float(value), RETRY_AFTER_CAP_S)
     try:
         when = parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError):
@@ -76,9 +80,16 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
     return min(max(0.0, when.timestamp() - now), RETRY_AFTER_CAP_S)
 
 
-def retry_delay(attempt: int, retry_after: float | None, rng: random.Random) -> float:
+def retry_delay(
+    attempt: int,
+    retry_after: float | None,
+    rng: random.Random,
+    *,
+    base: float = BACKOFF_BASE_S,
+    cap: float = BACKOFF_CAP_S,
+) -> float:
     """Honour the server's ``Retry-After`` when it asks for longer than our own backoff."""
-    own = backoff(attempt, rng)
+    own = backoff(attempt, rng, base=base, cap=cap)
     return own if retry_after is None else max(own, retry_after)
 
 

@@ -1,0 +1,310 @@
+"""The on-disk outbox: idempotent atomic writes, sent log, locks, dead letters, recovery."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pipecat_roark_otel.exporter import deadletters
+from pipecat_roark_otel.exporter._outbox import (
+    ENDED,
+    STARTED,
+    Outbox,
+    call_key,
+    chunk_item,
+    segment_item,
+)
+
+CALL = "call/with:odd chars"
+STARTED_BODY = {
+    "event": "call-started",
+    "pipecatCallId": CALL,
+    "eventTimestamp": "2025-01-01T00:00:00+00:00",
+    "agentId": "a1",
+}
+END = {"segments": 1, "chunks": 2, "payload": {"event": "call-ended"}}
+
+
+@pytest.fixture
+def outbox(tmp_path: Path) -> Outbox:
+    return Outbox(tmp_path / "spool")
+
+
+def files(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+
+def test_layout_is_private_and_never_names_the_call(outbox: Outbox) -> None:
+    outbox.put_started(CALL, STARTED_BODY)
+    outbox.put_chunk(CALL, 0, b"\x01\x02", sample_rate=16000, num_channels=2)
+    assert stat.S_IMODE(outbox.root.stat().st_mode) == 0o700
+    key = call_key(CALL)
+    assert files(outbox.root) == [
+        f"v1/calls/{key}/audio.json",
+        f"v1/calls/{key}/call.json",
+        f"v1/calls/{key}/chunk-000000.pcm",
+        f"v1/calls/{key}/started.json",
+    ]
+    assert all(CALL not in p for p in files(outbox.root))
+    assert outbox.call_id(key) == CALL
+    assert outbox.load_audio_format(key) == (16000, 2)
+
+
+def test_existing_root_permissions_are_tightened(tmp_path: Path) -> None:
+    root = tmp_path / "spool"
+    root.mkdir(mode=0o755)
+    os.chmod(root, 0o755)
+    Outbox(root)
+    assert stat.S_IMODE(root.stat().st_mode) == 0o700
+
+
+def test_writes_are_idempotent(outbox: Outbox) -> None:
+    assert outbox.put_started(CALL, STARTED_BODY)
+    assert not outbox.put_started(CALL, STARTED_BODY)
+    assert outbox.put_segment(CALL, 0, {"entries": []})
+    assert not outbox.put_segment(CALL, 0, {"entries": []})
+    assert outbox.put_chunk(CALL, 1, b"pcm")
+    assert not outbox.put_chunk(CALL, 1, b"pcm")
+    state = outbox.read(call_key(CALL))
+    assert state is not None
+    assert (state.started, state.segments, state.chunks, state.end) == (
+        True,
+        frozenset({0}),
+        frozenset({1}),
+        False,
+    )
+    assert not any(".tmp-" in p for p in files(outbox.root))
+
+
+def test_delivered_items_are_never_rewritten(outbox: Outbox) -> None:
+    key = call_key(CALL)
+    outbox.put_chunk(CALL, 0, b"pcm")
+    lock = outbox.try_lock(key)
+    assert lock is not None
+    with lock:
+        outbox.mark_sent(key, chunk_item(0))
+    assert not (outbox.calls_dir / key / "chunk-000000.pcm").exists()  # bytes dropped once sent
+    assert not outbox.put_chunk(CALL, 0, b"pcm")  # a duplicate hand-over
+    state = outbox.read(key)
+    assert state is not None and state.chunks == frozenset() and state.done(chunk_item(0))
+
+
+def test_completed_call_is_retired_and_late_duplicates_ignored(outbox: Outbox) -> None:
+    key = call_key(CALL)
+    outbox.put_started(CALL, STARTED_BODY)
+    lock = outbox.try_lock(key)
+    assert lock is not None
+    outbox.mark_sent(key, STARTED)
+    outbox.mark_sent(key, ENDED)
+    outbox.complete(key, lock)
+    assert outbox.pending_keys() == []
+    assert not outbox.put_started(CALL, STARTED_BODY)  # span exported twice
+    assert not outbox.put_end(CALL, END)
+    assert outbox.pending_keys() == []
+    assert outbox.read(key) is None
+
+
+def test_zombie_directory_after_completion_is_cleared_on_read(outbox: Outbox) -> None:
+    key = call_key(CALL)
+    lock = outbox.try_lock(key)
+    assert lock is not None
+    outbox.complete(key, lock)
+    zombie = outbox.calls_dir / key  # as if a racing writer recreated it
+    zombie.mkdir()
+    (zombie / "started.json").write_text("{}")
+    assert outbox.read(key) is None
+    assert not zombie.exists()
+
+
+def test_leftover_tmp_files_are_ignored_then_cleaned(outbox: Outbox) -> None:
+    key = call_key(CALL)
+    outbox.put_started(CALL, STARTED_BODY)
+    tmp = outbox.calls_dir / key / ".tmp-999-abc-end.json"
+    tmp.write_text("{partial")
+    state = outbox.read(key)
+    assert state is not None and not state.end
+    old = time.time() - 3600
+    os.utime(tmp, (old, old))
+    outbox.read(key)
+    assert not tmp.exists()
+
+
+def test_lock_is_exclusive_and_released(outbox: Outbox) -> None:
+    key = call_key(CALL)
+    first = outbox.try_lock(key)
+    assert first is not None
+    assert outbox.try_lock(key) is None
+    first.release()
+    first.release()  # idempotent
+    second = outbox.try_lock(key)
+    assert second is not None
+    second.release()
+    assert list(outbox.locks_dir.iterdir()) == []  # no lock files pile up
+
+
+def test_excl_lock_fallback_and_staleness(tmp_path: Path) -> None:
+    outbox = Outbox(tmp_path / "spool", lock_mode="excl", stale_lock_after=60.0)
+    key = call_key(CALL)
+    lock = outbox.try_lock(key)
+    assert lock is not None
+    assert outbox.try_lock(key) is None
+    old = time.time() - 120
+    os.utime(outbox.locks_dir / f"{key}.lock", (old, old))  # its holder died long ago
+    assert outbox.try_lock(key) is None  # this try clears it...
+    again = outbox.try_lock(key)  # ...the next one takes it
+    assert again is not None
+    again.release()
+
+
+def test_lock_excludes_another_process(outbox: Outbox) -> None:
+    key = call_key(CALL)
+    script = (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from pipecat_roark_otel.exporter._outbox import Outbox\n"
+        "lock = Outbox(Path(sys.argv[1])).try_lock(sys.argv[2])\n"
+        "print('locked' if lock else 'busy', flush=True)\n"
+        "sys.stdin.readline()\n"
+    )
+    with subprocess.Popen(
+        [sys.executable, "-c", script, str(outbox.root), key],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as child:
+        assert child.stdout is not None and child.stdin is not None
+        assert child.stdout.readline().strip() == "locked"
+        assert outbox.try_lock(key) is None
+        child.stdin.write("\n")
+        child.stdin.close()
+        child.wait(10)
+        child.stdout.close()
+    lock = outbox.try_lock(key)  # the dead process's lock went with it
+    assert lock is not None
+    lock.release()
+
+
+def _dead_letter_end(outbox: Outbox) -> str:
+    key = call_key(CALL)
+    outbox.put_started(CALL, STARTED_BODY)
+    outbox.put_segment(CALL, 0, {"entries": []})
+    outbox.put_end(CALL, END)
+    lock = outbox.try_lock(key)
+    assert lock is not None
+    outbox.mark_sent(key, STARTED)
+    outbox.dead_letter(
+        key, [ENDED, segment_item(0)], status=422, message="x" * 2000, now=1700000000.0
+    )
+    state = outbox.read(key)
+    assert state is not None and state.done(ENDED) and "ended" in state.dead
+    outbox.complete(key, lock)
+    return key
+
+
+def test_dead_letter_keeps_items_and_reason(outbox: Outbox) -> None:
+    key = _dead_letter_end(outbox)
+    assert outbox.pending_keys() == []
+    info = outbox.dead_info(key)
+    assert info is not None
+    assert info["callId"] == CALL
+    assert info["items"] == ["ended", "segment 0"]
+    reason = info["reasons"]["ended"]
+    assert reason["status"] == 422 and len(reason["message"]) == 500
+    assert reason["time"] == 1700000000.0
+
+
+def test_resend_moves_items_back_and_remembers_what_arrived(outbox: Outbox) -> None:
+    key = _dead_letter_end(outbox)
+    assert outbox.resend(key) == 2
+    assert outbox.dead_keys() == []
+    state = outbox.read(key)
+    assert state is not None
+    assert state.end and state.segments == frozenset({0})
+    assert state.done(STARTED) and not state.done(ENDED)  # started is not sent again
+    assert not outbox.put_started(CALL, STARTED_BODY)  # and the tombstone is gone
+
+
+def test_resend_refuses_while_call_is_locked(outbox: Outbox) -> None:
+    key = _dead_letter_end(outbox)
+    holder = outbox.try_lock(key)
+    assert holder is not None
+    with pytest.raises(BlockingIOError):
+        outbox.resend(key)
+    holder.release()
+
+
+def test_cli_list_show_resend_purge(outbox: Outbox, capsys: pytest.CaptureFixture[str]) -> None:
+    key = _dead_letter_end(outbox)
+    spool = ["--spool-dir", str(outbox.root)]
+    assert deadletters.main([*spool, "list"]) == 0
+    line = capsys.readouterr().out
+    assert key in line and "status=422" in line and "items=2" in line
+    assert deadletters.main([*spool, "show", CALL]) == 0  # raw call id works too
+    assert json.loads(capsys.readouterr().out)["items"] == ["ended", "segment 0"]
+    assert deadletters.main([*spool, "resend", key]) == 0
+    assert "moved 2" in capsys.readouterr().out
+    assert deadletters.main([*spool, "resend", key]) == 1
+    assert deadletters.main([*spool, "purge", key]) == 1
+    capsys.readouterr()
+    lock = outbox.try_lock(key)
+    assert lock is not None
+    outbox.dead_letter(key, [ENDED], status=400, message="bad", now=0.0)
+    lock.release()
+    assert deadletters.main([*spool, "purge", key]) == 0
+    assert outbox.dead_keys() == []
+
+
+def spool(outbox: Outbox) -> list[str]:
+    return ["--spool-dir", str(outbox.root)]
+
+
+def test_cli_runs_as_a_module(outbox: Outbox) -> None:
+    _dead_letter_end(outbox)
+    out = subprocess.run(
+        [sys.executable, "-m", "pipecat_roark_otel.exporter.deadletters", *spool(outbox), "list"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    )
+    assert call_key(CALL) in out.stdout
+
+
+def test_recover_clears_trash_and_old_tombstones(outbox: Outbox) -> None:
+    (outbox.trash_dir / "x").mkdir(parents=True)
+    old_tomb = outbox.done_dir / "old"
+    old_tomb.write_bytes(b"")
+    then = time.time() - 30 * 24 * 3600
+    os.utime(old_tomb, (then, then))
+    (outbox.done_dir / "new").write_bytes(b"")
+    outbox.recover()
+    assert not outbox.trash_dir.exists()
+    assert sorted(p.name for p in outbox.done_dir.iterdir()) == ["new"]
+
+
+def test_concurrent_writers_leave_one_item(outbox: Outbox) -> None:
+    script = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from pipecat_roark_otel.exporter._outbox import Outbox\n"
+        "o = Outbox(Path(sys.argv[1]))\n"
+        "for i in range(50):\n"
+        "    o.put_chunk('c', i, bytes([i]) * 1000)\n"
+        "    o.put_segment('c', i, {'entries': [], 'i': i})\n"
+    )
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(outbox.root)]) for _ in range(3)]
+    for p in procs:
+        assert p.wait(30) == 0
+    key = call_key("c")
+    state = outbox.read(key)
+    assert state is not None
+    assert state.chunks == frozenset(range(50)) and state.segments == frozenset(range(50))
+    assert all(outbox.load_chunk(key, i) == bytes([i]) * 1000 for i in range(50))
+    assert not any(".tmp-" in p for p in files(outbox.root))
