@@ -96,6 +96,7 @@ class RoarkHTTPServer(ThreadingHTTPServer):
 class _Handler(BaseHTTPRequestHandler):
     server: RoarkHTTPServer
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body go out as two writes; no 40 ms stalls
     server_version = "LocalRoark/0.1"
 
     # -- plumbing -----------------------------------------------------------------------
@@ -114,6 +115,7 @@ class _Handler(BaseHTTPRequestHandler):
         content_type: str,
         headers: dict[str, str] | None = None,
     ) -> None:
+        self._flush_log(status)
         self.send_response(status)
         self.send_header("content-type", content_type)
         self.send_header("content-length", str(len(body)))
@@ -164,17 +166,28 @@ class _Handler(BaseHTTPRequestHandler):
             raise Rejection(413, f"body of {n} bytes exceeds the {limit}-byte limit")
         return self.rfile.read(n)
 
-    def _apply_fault(self, decision: FaultDecision, rec: dict[str, Any]) -> bool:
+    def _apply_fault(self, decision: FaultDecision, rec: dict[str, Any], query: str) -> bool:
         """Enact a fault; True if the request was consumed by it."""
         if decision.latency_s:
             time.sleep(decision.latency_s)
+        if not decision.drop and decision.status is None:
+            return False
+        n = self._length()
+        if n is not None and n <= self.ctx.max_body_bytes and rec["endpoint"] != "upload":
+            self._label(rec, self.rfile.read(n))
+        else:
+            self._drain(n)
+        if rec["endpoint"] == "upload":  # unverified: only to label the log line
+            params = parse_qs(query)
+            rec["call_id"] = params.get("X-Roark-Call", [None])[0]
+            chunk = params.get("X-Roark-Chunk", [""])[0]
+            rec["chunk_index"] = int(chunk) if chunk.isdigit() else None
         if decision.drop:
-            self._drain(self._length())
             self.close_connection = True
-            rec.update(status=None, fault="drop")
+            rec["fault"] = "drop"
             return True
         if decision.status is not None:
-            self._drain(self._length())
+            rec["fault"] = "status"
             headers = {}
             if decision.retry_after is not None:
                 headers["retry-after"] = _retry_after(
@@ -185,9 +198,19 @@ class _Handler(BaseHTTPRequestHandler):
                 {"error": f"injected fault: {decision.status}", "statusCode": decision.status},
                 headers,
             )
-            rec.update(status=decision.status, fault="status")
             return True
         return False
+
+    @staticmethod
+    def _label(rec: dict[str, Any], body: bytes) -> None:
+        """Name the call/event/chunk in the log line, even for a request refused later."""
+        with contextlib.suppress(Rejection):
+            peek = _validate.parse_object(body)
+            for key, field in (("call_id", "pipecatCallId"), ("event", "event")):
+                if isinstance(peek.get(field), str):
+                    rec[key] = peek[field]
+            if isinstance(peek.get("chunkIndex"), int):
+                rec["chunk_index"] = peek["chunkIndex"]
 
     def _auth_problem(self) -> str | None:
         key = self.headers.get("x-roark-api-key")
@@ -202,9 +225,15 @@ class _Handler(BaseHTTPRequestHandler):
             return "invalid or revoked API key"
         return None
 
-    def _log(self, rec: dict[str, Any]) -> None:
-        with contextlib.suppress(Exception):
-            self.ctx.store.log_request(RequestRecord(**rec))
+    _rec: dict[str, Any] | None = None
+
+    def _flush_log(self, status: int | None) -> None:
+        """Log the ingest request before its reply goes out, so a client never outruns the log."""
+        rec, self._rec = self._rec, None
+        if rec is not None:
+            rec.setdefault("status", status)
+            with contextlib.suppress(Exception):
+                self.ctx.store.log_request(RequestRecord(**rec))
 
     # -- dispatch -----------------------------------------------------------------------
 
@@ -243,37 +272,37 @@ class _Handler(BaseHTTPRequestHandler):
         endpoint = (
             "webhook" if path == WEBHOOK_PATH else "presign" if path == PRESIGN_PATH else "upload"
         )
-        rec: dict[str, Any] = dict(
-            time=self.ctx.clock(), method=method, path=path, endpoint=endpoint, status=None
-        )
+        rec: dict[str, Any] = {
+            "time": self.ctx.clock(),
+            "method": method,
+            "path": path,
+            "endpoint": endpoint,
+        }
+        self._rec = rec
         try:
-            if self._apply_fault(self.ctx.faults.decide(endpoint), rec):
+            if self._apply_fault(self.ctx.faults.decide(endpoint), rec, query):
                 return
             expected = "PUT" if endpoint == "upload" else "POST"
             if method != expected:
                 self._drain(self._length())
-                rec["status"] = 405
                 return self._json(405, {"error": f"use {expected} for {path}"})
             if endpoint == "upload":
                 return self._upload(path, query, rec)
             body = self._read_body(self.ctx.max_body_bytes)
+            self._label(rec, body)
             problem = self._auth_problem()
             if problem is not None:
                 raise Rejection(401, problem)
             obj = _validate.parse_object(body)
-            if isinstance(obj.get("pipecatCallId"), str):
-                rec["call_id"] = obj["pipecatCallId"]
-            if isinstance(obj.get("event"), str):
-                rec["event"] = obj["event"]
             if endpoint == "webhook":
                 self._webhook(obj, rec)
             else:
                 self._presign(obj, rec)
         except Rejection as rej:
-            rec.update(status=rej.status, error=rej.message)
+            rec["error"] = rej.message
             self._json(rej.status, rej.body())
         finally:
-            self._log(rec)
+            self._flush_log(None)
 
     def _webhook(self, obj: dict[str, Any], rec: dict[str, Any]) -> None:
         body = _validate.webhook_body(obj)
@@ -282,7 +311,6 @@ class _Handler(BaseHTTPRequestHandler):
             duplicate = store.record_started(body, now)
         else:
             duplicate = store.record_ended(body, now)
-        rec["status"] = 200
         self._json(
             200,
             {
@@ -313,7 +341,6 @@ class _Handler(BaseHTTPRequestHandler):
         }
         if omit_url:
             del data["uploadUrl"]
-        rec["status"] = 200
         self._json(200, {"data": data})
 
     def _origin(self) -> str:
@@ -364,9 +391,8 @@ class _Handler(BaseHTTPRequestHandler):
         except PresignError as exc:
             if data is None:
                 self._drain(n)
-            rec.update(status=exc.status, error=exc.message)
+            rec["error"] = exc.message
             return self._s3_error(exc.status, exc.code, exc.message)
-        rec["status"] = 200
         etag = hashlib.md5(data or b"").hexdigest()
         self._send(200, b"", "text/plain", {"etag": f'"{etag}"'})
 
