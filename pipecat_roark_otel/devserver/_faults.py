@@ -261,7 +261,7 @@ class _Spec(BaseModel):
 
 class _FailNext(_Spec):
     n: StrictInt = Field(default=1, ge=1)
-    status: StrictInt = 503
+    status: StrictInt = Field(default=503, ge=400, le=599)
     endpoint: Endpoint | None = None
     retry_after: float | None = Field(default=None, ge=0)
     retry_after_as_date: StrictBool = False
@@ -269,7 +269,7 @@ class _FailNext(_Spec):
 
 class _FailFraction(_Spec):
     p: float = Field(ge=0, le=1)
-    status: StrictInt = 503
+    status: StrictInt = Field(default=503, ge=400, le=599)
     endpoint: Endpoint | None = None
     retry_after: float | None = Field(default=None, ge=0)
     seed: StrictInt = 0
