@@ -92,6 +92,7 @@ class Store:
         # Guards multi-step writes (nonce check + chunk file + row, WAV assembly).
         self._lock = threading.Lock()
         with self._lock, self._connect() as db:
+            db.execute("PRAGMA journal_mode=WAL")  # readers never wait on the writer
             db.executescript(_SCHEMA)
             row = db.execute("SELECT value FROM meta WHERE key = 'secret'").fetchone()
             if row is None:
@@ -102,6 +103,7 @@ class Store:
     @contextlib.contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
         db = sqlite3.connect(self._db, timeout=10.0)
+        db.execute("PRAGMA synchronous=NORMAL")
         try:
             with db:
                 yield db
