@@ -142,8 +142,12 @@ class Delivery:
         _instances.add(self)
 
     def _init_state(self) -> None:
-        # _cv's lock guards every field below; nothing does I/O while holding it.
-        self._cv = threading.Condition()
+        # _lock guards every field below; nothing does I/O while holding it. Three
+        # conditions share it so a wake-up reaches only the threads it concerns.
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)  # the scheduler waits here
+        self._work_cv = threading.Condition(self._lock)  # workers wait for ready calls
+        self._idle_cv = threading.Condition(self._lock)  # force_flush waits here
         self._handoff: deque[_Handoff] = deque()
         self._handoff_bytes = 0  # includes the item being written (durable only when done)
         self._dirty: set[str] = set()  # call keys touched by our own writers
@@ -197,7 +201,7 @@ class Delivery:
         num_channels: int | None = None,
     ) -> bool:
         """Hand one audio chunk over; False (and a counted drop) only when the hand-off is full."""
-        with self._cv:
+        with self._lock:
             if not self._accepting:
                 self._counts["handoff_dropped"] += 1
                 _errors.count_drop("audio_after_shutdown")
@@ -208,49 +212,49 @@ class Delivery:
                 return False
             self._handoff.append(_Handoff(call_id, index, pcm, sample_rate, num_channels))
             self._handoff_bytes += len(pcm)
-            self._cv.notify_all()
+            self._wake.notify()
         self._ensure_started()
         return True
 
     def notify(self, key: str | None = None) -> None:
         """Something was written for call ``key`` (None: look at the whole outbox)."""
-        with self._cv:
+        with self._lock:
             if key is None:
                 self._rescan_asked = True
             else:
                 self._dirty.add(key)
-            self._cv.notify_all()
+            self._wake.notify()
         self._ensure_started()
 
     def force_flush(self, timeout: float) -> bool:
         """Wait until the hand-off is on disk and nothing deliverable is left, or the deadline."""
         deadline = time.monotonic() + max(0.0, timeout)
         self._ensure_started()
-        with self._cv:
+        with self._lock:
             want = self._rescans + 1
             self._rescan_asked = True
-            self._cv.notify_all()
+            self._wake.notify()
             while not (self._rescans >= want and self._idle_locked()):
                 left = deadline - time.monotonic()
                 if left <= 0 or not self._threads_alive():
                     return self._rescans >= want and self._idle_locked()
-                self._cv.wait(min(left, 0.25))
+                self._idle_cv.wait(min(left, 0.25))
             return True
 
     def shutdown(self, timeout: float) -> None:
         """Stop accepting, deliver what fits before the deadline, leave the rest on disk."""
         deadline = time.monotonic() + max(0.0, timeout)
-        with self._cv:
+        with self._lock:
             if not self._accepting:
                 return
             self._accepting = False
             self._deadline = deadline
-            self._cv.notify_all()
+            self._notify_all_locked()
         if self._threads:
             self.force_flush(max(0.0, deadline - time.monotonic()))
-        with self._cv:
+        with self._lock:
             self._stopping = True
-            self._cv.notify_all()
+            self._notify_all_locked()
         for t in self._threads:
             t.join(max(0.05, deadline - time.monotonic()))
         while self._persist_one():  # whatever audio is still in memory goes to disk
@@ -260,7 +264,7 @@ class Delivery:
             client.close()
 
     def stats(self) -> dict[str, Any]:
-        with self._cv:
+        with self._lock:
             out: dict[str, Any] = dict(self._counts)
             out.update(
                 pending=len(self._pending) + len(self._dirty),
@@ -274,6 +278,10 @@ class Delivery:
 
     # -- threads ---------------------------------------------------------------------------
 
+    def _notify_all_locked(self) -> None:
+        for cv in (self._wake, self._work_cv, self._idle_cv):
+            cv.notify_all()
+
     def _threads_alive(self) -> bool:
         return bool(self._threads) and all(t.is_alive() for t in self._threads)
 
@@ -282,7 +290,7 @@ class Delivery:
             self._after_fork()
         if self._threads:
             return
-        with self._cv:
+        with self._lock:
             if self._threads or self._stopping:
                 return
             threads = [threading.Thread(target=self._run, name="roark-delivery", daemon=True)]
@@ -314,12 +322,12 @@ class Delivery:
                 while self._persist_one():
                     pass
                 mono = time.monotonic()
-                with self._cv:
+                with self._lock:
                     rescan = self._rescan_asked or mono >= next_rescan
                 if rescan:
                     self._rescan()
                     next_rescan = mono + self._opts.rescan_interval
-            with self._cv:
+            with self._lock:
                 if self._stopping:
                     return
                 now = self._clock()
@@ -328,10 +336,10 @@ class Delivery:
                     continue
                 timeout = min(next_rescan - time.monotonic(), wake - now)
                 if timeout > 0:
-                    self._cv.wait(timeout)
+                    self._wake.wait(timeout)
 
     def _persist_one(self) -> bool:
-        with self._cv:
+        with self._lock:
             if not self._handoff:
                 return False
             item = self._handoff.popleft()
@@ -348,21 +356,21 @@ class Delivery:
             if _errors.should_log("audio_disk_error"):
                 logger.warning("Roark outbox could not store an audio chunk: %s", exc.strerror)
         finally:
-            with self._cv:
+            with self._lock:
                 self._handoff_bytes -= len(item.pcm)
                 self._mark_dirty_locked(call_key(item.call_id))
         return True
 
     def _mark_dirty_locked(self, key: str) -> None:
         self._dirty.add(key)
-        self._cv.notify_all()
+        self._wake.notify()
 
     def _rescan(self) -> None:
-        with self._cv:
+        with self._lock:
             self._rescan_asked = False
         keys = self.outbox.pending_keys()
         sigs = {k: self.outbox.signature(k) for k in keys}
-        with self._cv:
+        with self._lock:
             now = self._clock()
             for key, sig in sigs.items():
                 if key not in self._sigs or self._sigs[key] != sig:
@@ -372,7 +380,7 @@ class Delivery:
                 if key not in self._in_flight:
                     self._forget_locked(key)
             self._rescans += 1
-            self._cv.notify_all()
+            self._idle_cv.notify_all()
 
     def _forget_locked(self, key: str) -> None:
         self._sigs.pop(key, None)
@@ -428,15 +436,15 @@ class Delivery:
             self._ready.append(key)
             budget -= 1
         if self._ready:
-            self._cv.notify_all()
+            self._work_cv.notify(len(self._ready))
         wake = self._heap[0][0] if self._heap else now + 3600.0
         return max(gate_at, wake) if gate == "closed" else wake
 
     def _work(self) -> None:
         while True:
-            with self._cv:
+            with self._lock:
                 while not self._ready and not self._stopping:
-                    self._cv.wait()
+                    self._work_cv.wait()
                 if self._stopping:
                     return
                 key = self._ready.popleft()
@@ -449,7 +457,7 @@ class Delivery:
 
     def _finish(self, key: str, result: _Next) -> None:
         sig = self.outbox.signature(key)
-        with self._cv:
+        with self._lock:
             self._in_flight.discard(key)
             now = self._clock()
             if sig is None and result.when is None:
@@ -461,7 +469,9 @@ class Delivery:
                 when = now + 3600.0 if result.when is None else result.when
                 self._schedule_locked(key, when, pending=result.pending)
             self._redo.discard(key)
-            self._cv.notify_all()
+            self._wake.notify()
+            if self._idle_locked():
+                self._idle_cv.notify_all()
 
     # -- one call ----------------------------------------------------------------------------
 
@@ -471,7 +481,7 @@ class Delivery:
             return _Next(self._clock() + _LOCKED_ELSEWHERE_RETRY_S, True)
         try:
             for _ in range(self._opts.session_budget):
-                with self._cv:
+                with self._lock:
                     if self._stopping or self._past_deadline():
                         return _Next(self._clock(), True)
                 lock.touch()
@@ -489,7 +499,7 @@ class Delivery:
                 )
                 if action.kind == "complete":
                     self.outbox.complete(key, lock)
-                    with self._cv:
+                    with self._lock:
                         self._counts["calls_completed"] += 1
                     return _DONE
                 if action.kind == "wait":
@@ -542,7 +552,7 @@ class Delivery:
             return None
         # dead_orphan: audio and an end with no call-started, idle past the orphan timeout.
         items = [chunk_item(i) for i in state.chunks] + [segment_item(i) for i in state.segments]
-        with self._cv:
+        with self._lock:
             self._counts["orphaned"] += 1
         _errors.count_drop("orphaned_without_call_started")
         return self._dead(key, call_id, [*items, STARTED, ENDED], None, "orphaned: no call-started")
@@ -560,7 +570,7 @@ class Delivery:
 
     def _count_missing(self, call_id: str, action: Action) -> None:
         segs, chunks = len(action.missing_segments), len(action.missing_chunks)
-        with self._cv:
+        with self._lock:
             self._counts["segments_missing"] += segs
             self._counts["chunks_missing"] += chunks
         if segs:
@@ -597,7 +607,7 @@ class Delivery:
             payload["recordingSampleRate"], payload["recordingNumChannels"] = fmt
         segments = max(state.segments, default=-1) + 1
         self.outbox.put_end(call_id, {"segments": segments, "chunks": 0, "payload": payload})
-        with self._cv:
+        with self._lock:
             self._counts["orphaned"] += 1
         _errors.count_drop("call_orphaned")
         if _errors.should_log("call_orphaned"):
@@ -628,7 +638,7 @@ class Delivery:
 
     def _acquire(self, now: float) -> float | None:
         """Claim the right to send now; else when to try again."""
-        with self._cv:
+        with self._lock:
             gate, at = self._gate_locked(now)
             if gate == "closed":
                 return at
@@ -666,7 +676,7 @@ class Delivery:
         blocked_until = self._acquire(now)
         if blocked_until is not None:
             return _Next(blocked_until, True)
-        with self._cv:
+        with self._lock:
             client = self._client_locked()
         status: int | None = None
         message = ""
@@ -686,7 +696,7 @@ class Delivery:
             self._release(outcome, now, answered=refused)
         if outcome is Outcome.OK:
             self.outbox.mark_sent(key, item)
-            with self._cv:
+            with self._lock:
                 self._counts["delivered"] += 1
                 self._attempts.pop(key, None)
                 if chunk_index is not None:
@@ -700,14 +710,14 @@ class Delivery:
         if outcome is Outcome.AUTH:
             return self._auth_rejected(status)
         if refused and chunk_index is not None:
-            with self._cv:
+            with self._lock:
                 n = self._put_rejections.get((key, chunk_index), 0) + 1
                 self._put_rejections[(key, chunk_index)] = n
             if n >= self._opts.max_put_rejections:
-                with self._cv:
+                with self._lock:
                     self._put_rejections.pop((key, chunk_index), None)
                 return self._dead(key, call_id, [item], status, "upload URL refused: " + message)
-        with self._cv:
+        with self._lock:
             attempt = self._attempts.get(key, 0)
             self._attempts[key] = attempt + 1
             self._counts["retried"] += 1
@@ -726,7 +736,7 @@ class Delivery:
 
     def _release(self, outcome: Outcome, now: float, *, answered: bool) -> None:
         """Feed the breaker and the auth pause with how the request went."""
-        with self._cv:
+        with self._lock:
             self._auth_probing = False
             if outcome is Outcome.AUTH:
                 self._breaker.release_probe()
@@ -746,7 +756,7 @@ class Delivery:
 
     def _auth_rejected(self, status: int | None) -> _Next:
         now = self._clock()
-        with self._cv:
+        with self._lock:
             first = self._auth_until is None
             self._auth_until = now + auth_backoff(
                 self._auth_attempts,
@@ -769,7 +779,7 @@ class Delivery:
     ) -> _Next | None:
         self.outbox.dead_letter(key, items, status=status, message=message, now=self._clock())
         main = items[0]
-        with self._cv:
+        with self._lock:
             self._counts["dead"] += 1
             self._attempts.pop(key, None)
         _errors.count_drop("dead_letter")
