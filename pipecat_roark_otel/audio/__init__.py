@@ -1,1 +1,7 @@
-"""Companion recorder."""
+"""The companion recorder that streams the call's stereo recording to Roark."""
+
+from __future__ import annotations
+
+from ._recorder import DEFAULT_CHUNK_BYTES, RoarkAudioRecorder
+
+__all__ = ["DEFAULT_CHUNK_BYTES", "RoarkAudioRecorder"]

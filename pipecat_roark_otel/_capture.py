@@ -1,0 +1,328 @@
+"""Pure turn and tool-call assembly: frame facts in, call records out.
+
+No Pipecat, OTel or I/O here. Every instant is unix nanoseconds, taken from the
+frame's push timestamp so observer-queue lag never skews a turn.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Literal
+
+Role = Literal["user", "assistant"]
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def iso_from_ns(unix_ns: int) -> str:
+    """ISO 8601 UTC as the reference observer writes it (``datetime.isoformat``)."""
+    return (_EPOCH + timedelta(microseconds=unix_ns // 1000)).isoformat()
+
+
+def arguments_to_json(value: object) -> str:
+    """Contract: a string passes verbatim, None is ``"{}"``, anything else compact JSON."""
+    if value is None:
+        return "{}"
+    if isinstance(value, str):
+        return value
+    try:
+        return json.dumps(value, separators=(",", ":"))
+    except (TypeError, ValueError):
+        return json.dumps(value, separators=(",", ":"), default=repr)
+
+
+def result_to_string(value: object) -> str:
+    """Contract: objects/lists compact JSON, scalars ``str()``, None ``""``."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (dict, list)):
+        try:
+            return json.dumps(value, separators=(",", ":"))
+        except (TypeError, ValueError):
+            return json.dumps(value, separators=(",", ":"), default=repr)
+    try:
+        return str(value)
+    except Exception:
+        return repr(value)
+
+
+def join_chunks(parts: list[tuple[str, bool]]) -> str:
+    """Capture rule 9: pre-spaced deltas concatenate as-is, other chunks get one space."""
+    result = ""
+    previous_spaced = False
+    for text, spaced in parts:
+        if not text:
+            continue
+        if (
+            result
+            and not (spaced and previous_spaced)
+            and not result[-1].isspace()
+            and not text[0].isspace()
+        ):
+            result += " "
+        result += text
+        previous_spaced = spaced
+    return result
+
+
+@dataclass(frozen=True, slots=True)
+class Turn:
+    seq: int
+    role: Role
+    content: str
+    onset_ns: int
+    timestamp: str
+    end_timestamp: str
+    audio_offset_ms: int | None
+    end_audio_offset_ms: int | None
+    user_id: str | None = None
+    language: str | None = None
+    interrupted: bool = False
+    latency_ms: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    seq: int
+    tool_call_id: str
+    name: str
+    arguments: str
+    at_ns: int
+    audio_offset_ms: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class ToolResult:
+    seq: int
+    tool_call_id: str
+    content: str
+    at_ns: int
+    audio_offset_ms: int | None
+
+
+Record = Turn | ToolCall | ToolResult
+
+
+@dataclass(slots=True)
+class _Edge:
+    """A speech edge: when, and the ISO form written for it."""
+
+    ns: int
+    iso: str
+
+
+def _edge(ns: int) -> _Edge:
+    return _Edge(ns, iso_from_ns(ns))
+
+
+@dataclass(slots=True)
+class _UserTurn:
+    parts: list[tuple[str, bool]] = field(default_factory=list)
+    started: _Edge | None = None
+    stopped: _Edge | None = None
+    user_id: str | None = None
+    language: str | None = None
+
+
+@dataclass(slots=True)
+class _BotTurn:
+    played: list[tuple[str, bool]] = field(default_factory=list)
+    generated: list[tuple[str, bool]] = field(default_factory=list)
+    text_started: _Edge | None = None
+    started: _Edge | None = None
+    stopped: _Edge | None = None
+
+
+class CallCapture:
+    """Turns, tool calls and results of one call, in the order they close."""
+
+    def __init__(self) -> None:
+        self.anchor_ns: int | None = None
+        self.has_output_transport = False
+        self.first_speaker: Role | None = None
+        self._seq = 0
+        self._user = _UserTurn()
+        self._bot = _BotTurn()
+        self._generated_ids: set[int] = set()
+        self._played_ids: set[int] = set()
+        self._tool_call_ids: set[str] = set()
+        self._tool_result_ids: set[str] = set()
+        self._last_user_stop_ns: int | None = None
+
+    # -- timing ---------------------------------------------------------------
+
+    def offset_ms(self, ns: int | None) -> int | None:
+        """Capture rule 13: milliseconds from recording sample 0; None before any audio."""
+        if self.anchor_ns is None or ns is None:
+            return None
+        return max(0, round((ns - self.anchor_ns) / 1_000_000))
+
+    def _next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    # -- user -----------------------------------------------------------------
+
+    def user_started(self, now: int) -> list[Record]:
+        out = self.flush_user(now)
+        self._user.started = _edge(now)
+        self._user.stopped = None
+        return out
+
+    def user_stopped(self, now: int) -> None:
+        self._user.stopped = _edge(now)
+
+    def transcription(
+        self,
+        text: str,
+        spaced: bool,
+        now: int,
+        *,
+        frame_timestamp: object = None,
+        user_id: object = None,
+        language: object = None,
+    ) -> None:
+        """Capture rule 4: every final counts, whatever ``finalized`` says."""
+        if not text.strip():
+            return
+        user = self._user
+        if not user.parts and user.started is None:
+            # Capture rule 6: no onset frame, so the frame's own time, else now.
+            if isinstance(frame_timestamp, str) and frame_timestamp:
+                user.started = _Edge(now, frame_timestamp)
+            else:
+                user.started = _edge(now)
+        user.parts.append((text if spaced else text.strip(), spaced))
+        if isinstance(user_id, str) and user_id:
+            user.user_id = user_id
+        if language is not None:
+            user.language = str(getattr(language, "value", language))
+
+    def flush_user(self, now: int) -> list[Record]:
+        """Capture rule 5: close the pending user turn at a turn boundary."""
+        user = self._user
+        if not user.parts:
+            return []
+        self._user = _UserTurn()
+        content = join_chunks(user.parts).strip()
+        if not content:
+            return []
+        started = user.started or _edge(now)
+        stopped = user.stopped or _edge(now)
+        self._last_user_stop_ns = stopped.ns
+        self.first_speaker = self.first_speaker or "user"
+        return [
+            Turn(
+                seq=self._next_seq(),
+                role="user",
+                content=content,
+                onset_ns=started.ns,
+                timestamp=started.iso,
+                end_timestamp=stopped.iso,
+                audio_offset_ms=self.offset_ms(started.ns),
+                end_audio_offset_ms=self.offset_ms(stopped.ns),
+                user_id=user.user_id,
+                language=user.language,
+            )
+        ]
+
+    # -- assistant ------------------------------------------------------------
+
+    def bot_started(self, now: int) -> list[Record]:
+        out = self.flush_user(now)
+        self._bot.started = _edge(now)
+        return out
+
+    def tts_text(self, frame_id: int, text: str, spaced: bool, now: int, *, played: bool) -> None:
+        """Capture rule 7: words the output transport released are the words heard."""
+        seen = self._played_ids if played else self._generated_ids
+        if frame_id in seen:
+            return
+        seen.add(frame_id)
+        if not text:
+            return
+        bot = self._bot
+        if (played and not bot.played) or (not bot.played and not bot.generated):
+            bot.text_started = _edge(now)
+        (bot.played if played else bot.generated).append((text, spaced))
+
+    def bot_stopped(self, now: int, *, interrupted: bool = False) -> list[Record]:
+        """Capture rule 8: the turn ends at BotStoppedSpeaking or the interruption."""
+        self._bot.stopped = _edge(now)
+        return self.flush_assistant(now, interrupted=interrupted)
+
+    def flush_assistant(self, now: int, *, interrupted: bool = False) -> list[Record]:
+        bot = self._bot
+        parts = bot.played if self.has_output_transport else bot.generated
+        # A turn with no words heard leaves nothing, its timing included.
+        self._bot = _BotTurn()
+        if not parts:
+            return []
+        content = join_chunks(parts).strip()
+        if not content:
+            return []
+        started = bot.started or bot.text_started or _edge(now)
+        stopped = bot.stopped or _edge(now)
+        latency_ms = None
+        if self._last_user_stop_ns is not None and started.ns >= self._last_user_stop_ns:
+            latency_ms = round((started.ns - self._last_user_stop_ns) / 1_000_000)
+        self._last_user_stop_ns = None
+        self.first_speaker = self.first_speaker or "assistant"
+        return [
+            Turn(
+                seq=self._next_seq(),
+                role="assistant",
+                content=content,
+                onset_ns=started.ns,
+                timestamp=started.iso,
+                end_timestamp=stopped.iso,
+                audio_offset_ms=self.offset_ms(started.ns),
+                end_audio_offset_ms=self.offset_ms(stopped.ns),
+                interrupted=interrupted,
+                latency_ms=latency_ms,
+            )
+        ]
+
+    # -- tools ----------------------------------------------------------------
+
+    def tool_call(self, tool_call_id: object, name: object, arguments: object, now: int) -> list[Record]:
+        """Capture rules 2 and 10: one tool-call id is one invocation."""
+        call_id = str(tool_call_id or "")
+        if call_id:
+            if call_id in self._tool_call_ids:
+                return []
+            self._tool_call_ids.add(call_id)
+        return [
+            ToolCall(
+                seq=self._next_seq(),
+                tool_call_id=call_id,
+                name=str(name or ""),
+                arguments=arguments_to_json(arguments),
+                at_ns=now,
+                audio_offset_ms=self.offset_ms(now),
+            )
+        ]
+
+    def tool_result(self, tool_call_id: object, result: object, now: int) -> list[Record]:
+        call_id = str(tool_call_id or "")
+        if call_id:
+            if call_id in self._tool_result_ids:
+                return []
+            self._tool_result_ids.add(call_id)
+        return [
+            ToolResult(
+                seq=self._next_seq(),
+                tool_call_id=call_id,
+                content=result_to_string(result),
+                at_ns=now,
+                audio_offset_ms=self.offset_ms(now),
+            )
+        ]
+
+    # -- end ------------------------------------------------------------------
+
+    def flush_all(self, now: int) -> list[Record]:
+        return self.flush_user(now) + self.flush_assistant(now)

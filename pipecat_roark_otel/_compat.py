@@ -1,0 +1,125 @@
+"""Every touch of Pipecat internals and version differences lives here."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from opentelemetry.context import Context
+from pipecat.frames.frames import Frame, StartFrame
+from pipecat.processors.audio.audio_buffer_processor import AudioBufferProcessor
+from pipecat.processors.frame_processor import FrameProcessor
+from pipecat.transports.base_output import BaseOutputTransport
+
+from ._errors import logger
+
+
+def is_output_transport(processor: object) -> bool:
+    return isinstance(processor, BaseOutputTransport)
+
+
+def is_recording(processor: AudioBufferProcessor) -> bool:
+    """Whether an ``AudioBufferProcessor`` is armed (no public accessor exists)."""
+    return bool(getattr(processor, "_recording", False))
+
+
+def clock_offset_ns(processor: object) -> int | None:
+    """Unix-ns minus pipeline-clock-ns, so push timestamps map to wall time."""
+    get_clock = getattr(processor, "get_clock", None)
+    if get_clock is None:
+        return None
+    try:
+        clock_now = int(get_clock().get_time())
+    except Exception:
+        return None
+    if clock_now <= 0:
+        return None
+    return time.time_ns() - clock_now
+
+
+def pipeline_worker(processor: FrameProcessor) -> Any | None:
+    try:
+        return processor.pipeline_worker
+    except Exception:
+        return None
+
+
+def start_frame_sample_rate(frame: StartFrame) -> int | None:
+    # Deprecated field since 1.8; read without the warning.
+    value = object.__getattribute__(frame, "audio_out_sample_rate")
+    return int(value) if isinstance(value, int) and value > 0 else None
+
+
+class PipecatTracing:
+    """The conversation id and span context of Pipecat's own tracing for one worker."""
+
+    def __init__(self, worker: Any | None) -> None:
+        self._worker = worker
+        self._observer = getattr(worker, "turn_trace_observer", None) if worker else None
+        self._context = getattr(worker, "_tracing_context", None) if worker else None
+
+    @property
+    def enabled(self) -> bool:
+        return self._observer is not None and self._context is not None
+
+    def task_conversation_id(self) -> str | None:
+        """The id given to ``PipelineTask(conversation_id=...)``, if any."""
+        value = getattr(self._worker, "_conversation_id", None)
+        return value if isinstance(value, str) and value else None
+
+    def adopt_conversation_id(self, conversation_id: str) -> str:
+        """Make Pipecat's ``conversation`` span carry our id; returns the id both use.
+
+        Runs before Pipecat starts its conversation span (processor setup precedes
+        the StartFrame). If it lost that race, Pipecat's span is re-labelled.
+        """
+        if not self.enabled:
+            return conversation_id
+        started = getattr(self._observer, "_conversation_span", None)
+        if started is None:
+            self._observer._conversation_id = conversation_id
+            return conversation_id
+        current = self._context.conversation_id
+        if current == conversation_id:
+            return current  # type: ignore[no-any-return]
+        started.set_attribute("conversation.id", conversation_id)
+        self._observer._conversation_id = conversation_id
+        self._context._conversation_id = conversation_id
+        return conversation_id
+
+    def conversation_context(self) -> Context | None:
+        if not self.enabled:
+            return None
+        return self._context.get_conversation_context()  # type: ignore[no-any-return]
+
+    async def wait_for_conversation_context(self, timeout: float = 0.25) -> Context | None:
+        """Pipecat starts its span on its own observer queue; give it a moment."""
+        if not self.enabled:
+            return None
+        deadline = time.monotonic() + timeout
+        while (ctx := self.conversation_context()) is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
+        if ctx is None:
+            logger.debug("Pipecat's conversation span was not started in time; call span is a root")
+        return ctx
+
+
+async def wait_for_audio_handlers(processor: AudioBufferProcessor, timeout: float) -> bool:
+    """Wait for ``on_audio_data`` handler tasks Pipecat runs in the background.
+
+    Returns False when some are still running at the deadline (they are left alone).
+    """
+    tasks = [
+        task
+        for name, task in list(getattr(processor, "_event_tasks", ()))
+        if name == "on_audio_data" and not task.done()
+    ]
+    if not tasks:
+        return True
+    _, pending = await asyncio.wait(tasks, timeout=timeout)
+    return not pending
+
+
+def frame_id(frame: Frame) -> int:
+    return frame.id

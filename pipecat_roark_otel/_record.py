@@ -1,0 +1,162 @@
+"""The call as OTel: a start span, the call span, and segment spans that carry the events."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from opentelemetry.context import Context
+from opentelemetry.sdk.trace import SpanLimits
+from opentelemetry.trace import Span, SpanKind, Tracer, set_span_in_context
+from opentelemetry.util.types import AttributeValue
+
+from . import semconv as sc
+from ._capture import Record, ToolCall, ToolResult, Turn
+
+# Below the SDK's default of 128 events per span, which drops the overflow silently.
+_MAX_SEGMENT_EVENTS = 64
+
+
+def segment_capacity() -> int:
+    """Events per segment span, within the SDK limit in force (``OTEL_SPAN_EVENT_COUNT_LIMIT``)."""
+    limit = SpanLimits().max_events
+    if limit is None:
+        return _MAX_SEGMENT_EVENTS
+    return max(1, min(_MAX_SEGMENT_EVENTS, limit))
+
+
+def record_event(record: Record) -> tuple[str, dict[str, AttributeValue], int]:
+    """A record as (event name, attributes, timestamp ns); ``_translate`` reads it back."""
+    attrs: dict[str, AttributeValue] = {sc.EVENT_SEQ: record.seq}
+    if isinstance(record, Turn):
+        attrs[sc.TURN_ROLE] = record.role
+        attrs[sc.TURN_CONTENT] = record.content
+        attrs[sc.TIMESTAMP] = record.timestamp
+        attrs[sc.TURN_END_TIMESTAMP] = record.end_timestamp
+        attrs[sc.TURN_INTERRUPTED] = record.interrupted
+        _put(attrs, sc.AUDIO_OFFSET_MS, record.audio_offset_ms)
+        _put(attrs, sc.TURN_END_AUDIO_OFFSET_MS, record.end_audio_offset_ms)
+        _put(attrs, sc.TURN_USER_ID, record.user_id)
+        _put(attrs, sc.TURN_LANGUAGE, record.language)
+        _put(attrs, sc.TURN_LATENCY_MS, record.latency_ms)
+        return sc.EVENT_TURN, attrs, record.onset_ns
+    attrs[sc.TOOL_CALL_ID] = record.tool_call_id
+    _put(attrs, sc.AUDIO_OFFSET_MS, record.audio_offset_ms)
+    if isinstance(record, ToolCall):
+        attrs[sc.TOOL_NAME] = record.name
+        attrs[sc.TOOL_ARGUMENTS] = record.arguments
+        return sc.EVENT_TOOL_CALL, attrs, record.at_ns
+    assert isinstance(record, ToolResult)
+    attrs[sc.TOOL_RESULT] = record.content
+    return sc.EVENT_TOOL_RESULT, attrs, record.at_ns
+
+
+def _put(attrs: dict[str, AttributeValue], key: str, value: AttributeValue | None) -> None:
+    if value is not None:
+        attrs[key] = value
+
+
+@dataclass(frozen=True, slots=True)
+class CallIdentity:
+    conversation_id: str
+    agent_id: str
+    agent_name: str | None
+    agent_prompt: str | None
+
+    def id_attributes(self) -> dict[str, AttributeValue]:
+        return {
+            sc.CONVERSATION_ID: self.conversation_id,
+            sc.GEN_AI_CONVERSATION_ID: self.conversation_id,
+        }
+
+
+class CallRecord:
+    """Writes one call. Segments end as they fill so a long call flows out progressively."""
+
+    def __init__(
+        self,
+        tracer: Tracer,
+        identity: CallIdentity,
+        *,
+        parent: Context | None,
+        start_ns: int,
+        started_at: str | None,
+    ) -> None:
+        """``started_at`` is None for a call that ended before it started: no call-started."""
+        self._tracer = tracer
+        self._identity = identity
+        self._capacity = segment_capacity()
+        ids = identity.id_attributes()
+        start_attrs: dict[str, AttributeValue] = {**ids, sc.AGENT_ID: identity.agent_id}
+        _put(start_attrs, sc.CALL_STARTED_AT, started_at)
+        self.call_span: Span = tracer.start_span(
+            sc.SPAN_CALL,
+            context=parent,
+            kind=SpanKind.INTERNAL,
+            attributes=start_attrs,
+            start_time=start_ns,
+        )
+        self._call_ctx = set_span_in_context(self.call_span)
+        if started_at is not None:
+            _put(start_attrs, sc.AGENT_NAME, identity.agent_name or None)
+            _put(start_attrs, sc.AGENT_PROMPT, identity.agent_prompt or None)
+            self.call_span.add_event(sc.EVENT_CALL_STARTED, timestamp=start_ns)
+            # Ended at once: call-started must not wait for the call to end.
+            tracer.start_span(
+                sc.SPAN_CALL_START,
+                context=self._call_ctx,
+                attributes=start_attrs,
+                start_time=start_ns,
+            ).end(end_time=start_ns)
+        self._segment: Span | None = None
+        self._segment_events = 0
+        self.segments = 0
+        self.turns = 0
+        self.tool_events = 0
+
+    @property
+    def trace_id(self) -> str:
+        return format(self.call_span.get_span_context().trace_id, "032x")
+
+    def add(self, records: list[Record]) -> None:
+        for record in records:
+            name, attrs, ts = record_event(record)
+            if self._segment is None:
+                self._segment = self._tracer.start_span(
+                    sc.SPAN_CALL_SEGMENT,
+                    context=self._call_ctx,
+                    attributes={
+                        **self._identity.id_attributes(),
+                        sc.SEGMENT_INDEX: self.segments,
+                    },
+                    start_time=ts,
+                )
+                self.segments += 1
+                self._segment_events = 0
+            self._segment.add_event(name, attrs, timestamp=ts)
+            self._segment_events += 1
+            if isinstance(record, Turn):
+                self.turns += 1
+            else:
+                self.tool_events += 1
+            if self._segment_events >= self._capacity:
+                self._end_segment()
+
+    def _end_segment(self) -> None:
+        if self._segment is not None:
+            self._segment.end()
+            self._segment = None
+
+    def close(self, attributes: Mapping[str, AttributeValue], *, end_ns: int) -> None:
+        """End the call: the last segment first, so the exporter has every event it counts."""
+        self._end_segment()
+        self.call_span.set_attributes(
+            {
+                **attributes,
+                sc.CALL_SEGMENT_COUNT: self.segments,
+                sc.CALL_TURN_COUNT: self.turns,
+                sc.CALL_TOOL_EVENT_COUNT: self.tool_events,
+            }
+        )
+        self.call_span.add_event(sc.EVENT_CALL_ENDED, timestamp=end_ns)
+        self.call_span.end(end_time=end_ns)

@@ -1,0 +1,55 @@
+"""Recorder chunks to the shared outbox: numbered in the order Pipecat emits them."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from .. import _errors
+
+
+class ChunkTarget(Protocol):
+    def submit_chunk(self, call_id: str, index: int, pcm: bytes) -> bool: ...
+
+
+class ChunkSink:
+    """Counts what it hands over; never waits on disk or network (the engine's thread does)."""
+
+    def __init__(self) -> None:
+        self.target: ChunkTarget | None = None
+        self.call_id: str | None = None
+        self.chunks = 0
+        self.bytes = 0
+        self.failures = 0
+        self.sample_rate: int | None = None
+        self.num_channels: int | None = None
+        self.closed = False
+
+    def attach(self, target: ChunkTarget | None, call_id: str) -> None:
+        self.target = target
+        self.call_id = call_id
+
+    async def on_audio_data(
+        self, _processor: object, audio: bytes, sample_rate: int, num_channels: int
+    ) -> None:
+        with _errors.guard("on_audio_data"):
+            self.add(audio, sample_rate, num_channels)
+
+    def add(self, audio: bytes, sample_rate: int, num_channels: int) -> None:
+        if self.closed or not audio:
+            return
+        if self.target is None or self.call_id is None:
+            self.failures += 1
+            _errors.count_drop("audio_no_exporter")
+            return
+        if not self.target.submit_chunk(self.call_id, self.chunks, bytes(audio)):
+            self.failures += 1
+            _errors.count_drop("audio_handoff_full")
+            if _errors.should_log("audio_handoff_full"):
+                _errors.logger.warning(
+                    "Roark audio hand-off is full; dropping a chunk of call %s", self.call_id
+                )
+            return
+        self.chunks += 1
+        self.bytes += len(audio)
+        self.sample_rate = sample_rate
+        self.num_channels = num_channels

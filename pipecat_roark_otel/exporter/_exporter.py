@@ -1,0 +1,93 @@
+"""RoarkSpanExporter: select our spans, translate, hand off to the durable outbox, return."""
+
+from __future__ import annotations
+
+import os
+import threading
+import weakref
+from collections.abc import Sequence
+
+import httpx
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+
+from .. import _errors
+from ..config import RoarkSettings, resolve_settings
+from ._engine import Engine, engine_for
+from ._translate import is_ours, translate
+
+# Guards _live: exporters are made on any thread; the observer reads it on the loop.
+_live_lock = threading.Lock()
+_live: list[weakref.ref[RoarkSpanExporter]] = []
+
+
+def active_exporter() -> RoarkSpanExporter | None:
+    """The most recently created exporter that is not shut down."""
+    with _live_lock:
+        for ref in reversed(_live):
+            exporter = ref()
+            if exporter is not None and not exporter._shut_down:
+                return exporter
+    return None
+
+
+class RoarkSpanExporter(SpanExporter):
+    """Turns the call record into Roark webhooks, through an outbox on disk.
+
+    ``export()`` never touches the network: it writes the call's items to the
+    spool and returns, and a background thread delivers them in per-call order.
+    Spans that are not ours are skipped at the cost of one attribute check.
+    """
+
+    def __init__(
+        self,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        spool_dir: str | os.PathLike[str] | None = None,
+        *,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.settings: RoarkSettings = resolve_settings(
+            api_key=api_key, base_url=base_url, spool_dir=spool_dir
+        )
+        self._engine: Engine = engine_for(self.settings, transport=transport)
+        self._shut_down = False
+        with _live_lock:
+            _live[:] = [r for r in _live if r() is not None]
+            _live.append(weakref.ref(self))
+
+    @property
+    def engine(self) -> Engine:
+        return self._engine
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        if self._shut_down:
+            return SpanExportResult.FAILURE
+        wrote = False
+        for span in spans:
+            if not is_ours(span):
+                continue
+            with _errors.guard("export"):
+                item = translate(span)
+                if item is None:
+                    continue
+                if item.kind == "started":
+                    self._engine.put_started(item.call_id, item.body)
+                elif item.kind == "segment":
+                    self._engine.put_segment(item.call_id, item.index, item.body)
+                else:
+                    self._engine.put_end(item.call_id, item.body)
+                wrote = True
+        del wrote
+        return SpanExportResult.SUCCESS
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        """Wait until everything handed over is delivered (or the deadline)."""
+        return self._engine.force_flush(timeout_millis / 1000)
+
+    def shutdown(self) -> None:
+        """Deliver what can be delivered shortly; the rest stays on disk for the next start."""
+        if self._shut_down:
+            return
+        self._shut_down = True
+        self._engine.force_flush(5.0)

@@ -1,0 +1,127 @@
+"""Our spans to outbox items. Pure: a ReadableSpan in, wire dicts out."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from opentelemetry.sdk.trace import Event, ReadableSpan
+from opentelemetry.util.types import AttributeValue
+
+from .. import semconv as sc
+from .._capture import iso_from_ns
+from ._payloads import CallEnded, CallStarted, ToolCallRecord, ToolResultRecord, TranscriptTurn
+
+Attrs = Mapping[str, AttributeValue]
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """One outbox write: what kind, for which call, and its body."""
+
+    kind: Literal["started", "segment", "end"]
+    call_id: str
+    body: dict[str, Any]
+    index: int = 0
+
+
+def is_ours(span: ReadableSpan) -> bool:
+    scope = span.instrumentation_scope
+    return scope is not None and scope.name == sc.INSTRUMENTATION_SCOPE
+
+
+def translate(span: ReadableSpan) -> Item | None:
+    """The outbox item a span of ours stands for; None for a span that carries none."""
+    attrs: Attrs = span.attributes or {}
+    call_id = _str(attrs, sc.CONVERSATION_ID)
+    if call_id is None:
+        return None
+    if span.name == sc.SPAN_CALL_START:
+        return Item("started", call_id, started_payload(call_id, attrs))
+    if span.name == sc.SPAN_CALL_SEGMENT:
+        entries = [entry for e in span.events if (entry := segment_entry(e)) is not None]
+        return Item("segment", call_id, {"entries": entries}, _int(attrs, sc.SEGMENT_INDEX) or 0)
+    if span.name == sc.SPAN_CALL:
+        return Item("end", call_id, end_record(call_id, attrs))
+    return None
+
+
+def started_payload(call_id: str, attrs: Attrs) -> dict[str, Any]:
+    return CallStarted(
+        pipecatCallId=call_id,
+        eventTimestamp=_str(attrs, sc.CALL_STARTED_AT) or "",
+        agentId=_str(attrs, sc.AGENT_ID) or "",
+        agentName=_str(attrs, sc.AGENT_NAME) or None,
+        agentPrompt=_str(attrs, sc.AGENT_PROMPT) or None,
+    ).wire()
+
+
+def segment_entry(event: Event) -> dict[str, Any] | None:
+    a: Attrs = event.attributes or {}
+    seq = _int(a, sc.EVENT_SEQ) or 0
+    if event.name == sc.EVENT_TURN:
+        turn = TranscriptTurn.model_validate(
+            {
+                "role": _str(a, sc.TURN_ROLE),
+                "content": _str(a, sc.TURN_CONTENT) or "",
+                "timestamp": _str(a, sc.TIMESTAMP) or "",
+                "endTimestamp": _str(a, sc.TURN_END_TIMESTAMP) or "",
+                "audioOffsetMs": _int(a, sc.AUDIO_OFFSET_MS),
+                "endAudioOffsetMs": _int(a, sc.TURN_END_AUDIO_OFFSET_MS),
+                "userId": _str(a, sc.TURN_USER_ID),
+                "language": _str(a, sc.TURN_LANGUAGE),
+            }
+        )
+        return {"seq": seq, "kind": "turn", "onset_ns": event.timestamp, "record": turn.wire()}
+    if event.name == sc.EVENT_TOOL_CALL:
+        call = ToolCallRecord(
+            toolCallId=_str(a, sc.TOOL_CALL_ID) or "",
+            name=_str(a, sc.TOOL_NAME) or "",
+            arguments=_str(a, sc.TOOL_ARGUMENTS) or "{}",
+            timestamp=iso_from_ns(event.timestamp),
+            audioOffsetMs=_int(a, sc.AUDIO_OFFSET_MS),
+        )
+        return {"seq": seq, "kind": "tool", "onset_ns": event.timestamp, "record": call.wire()}
+    if event.name == sc.EVENT_TOOL_RESULT:
+        result = ToolResultRecord(
+            toolCallId=_str(a, sc.TOOL_CALL_ID) or "",
+            content=_str(a, sc.TOOL_RESULT) or "",
+            timestamp=iso_from_ns(event.timestamp),
+            audioOffsetMs=_int(a, sc.AUDIO_OFFSET_MS),
+        )
+        return {"seq": seq, "kind": "tool", "onset_ns": event.timestamp, "record": result.wire()}
+    return None
+
+
+def end_record(call_id: str, attrs: Attrs) -> dict[str, Any]:
+    chunks = _int(attrs, sc.RECORDING_CHUNKS) or 0
+    ended_at = _str(attrs, sc.CALL_ENDED_AT)
+    spoke_first = attrs.get(sc.CALL_AGENT_SPOKE_FIRST)
+    payload = CallEnded(
+        pipecatCallId=call_id,
+        eventTimestamp=ended_at or "",
+        callStartedAt=_str(attrs, sc.CALL_STARTED_AT),
+        callEndedAt=ended_at,
+        callEndedReason=_str(attrs, sc.CALL_ENDED_REASON) or "unknown",
+        agentSpokeFirst=spoke_first if isinstance(spoke_first, bool) else None,
+        # Contract: recording fields only when chunks were uploaded.
+        recordingSampleRate=_int(attrs, sc.RECORDING_SAMPLE_RATE) if chunks else None,
+        recordingNumChannels=_int(attrs, sc.RECORDING_CHANNELS) if chunks else None,
+    ).wire()
+    return {
+        "segments": _int(attrs, sc.CALL_SEGMENT_COUNT) or 0,
+        "chunks": chunks,
+        "started": sc.CALL_STARTED_AT in attrs,
+        "payload": payload,
+    }
+
+
+def _str(attrs: Attrs, key: str) -> str | None:
+    value = attrs.get(key)
+    return value if isinstance(value, str) else None
+
+
+def _int(attrs: Attrs, key: str) -> int | None:
+    value = attrs.get(key)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None

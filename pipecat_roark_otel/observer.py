@@ -1,0 +1,436 @@
+"""RoarkObserver: frames in, an OTel call record out. No HTTP here."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from opentelemetry import trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.trace import TracerProvider
+from opentelemetry.util.types import AttributeValue
+from pipecat.frames.frames import (
+    BotStartedSpeakingFrame,
+    BotStoppedSpeakingFrame,
+    CancelFrame,
+    EndFrame,
+    Frame,
+    FunctionCallInProgressFrame,
+    FunctionCallResultFrame,
+    InputAudioRawFrame,
+    InterruptionFrame,
+    OutputAudioRawFrame,
+    StartFrame,
+    StopFrame,
+    TranscriptionFrame,
+    TTSTextFrame,
+    UserStartedSpeakingFrame,
+    UserStoppedSpeakingFrame,
+)
+from pipecat.observers.base_observer import BaseObserver, FramePushed, ProcessorSetUp
+from pipecat.processors.audio.audio_buffer_processor import AudioBufferProcessor
+from pipecat.utils.asyncio.task_manager import BaseTaskManager
+
+from . import __version__, _compat, _errors
+from . import semconv as sc
+from ._capture import CallCapture, Record, iso_from_ns
+from ._identity import initial_call_id
+from ._record import CallIdentity, CallRecord
+from .audio._chunks import ChunkSink
+from .audio._recorder import RoarkAudioRecorder
+from .config import RoarkSettings, resolve_settings
+from .exporter._exporter import RoarkSpanExporter, active_exporter
+
+# Capture rule 14: how long call-ended waits for the recording's last handlers.
+AUDIO_HANDLER_TIMEOUT_S = 10.0
+
+Handler = Callable[[FramePushed], Awaitable[None] | None]
+
+# One private provider per destination, for users with no SDK provider configured.
+_private_lock = threading.Lock()
+_private_providers: dict[RoarkSettings, SdkTracerProvider] = {}
+
+
+def _private_provider(settings: RoarkSettings) -> SdkTracerProvider:
+    with _private_lock:
+        provider = _private_providers.get(settings)
+        if provider is None:
+            provider = SdkTracerProvider(
+                resource=Resource.create({"service.name": "pipecat-roark-otel"})
+            )
+            provider.add_span_processor(
+                BatchSpanProcessor(
+                    RoarkSpanExporter(
+                        api_key=settings.api_key,
+                        base_url=settings.base_url,
+                        spool_dir=settings.spool_dir,
+                    ),
+                    schedule_delay_millis=200,
+                )
+            )
+            _private_providers[settings] = provider
+        return provider
+
+
+def _end_reason(frame: Frame) -> str:
+    if isinstance(frame, (EndFrame, CancelFrame)):
+        reason = getattr(frame, "reason", None)
+        return str(reason) if reason else "agent-ended"
+    return "unknown"
+
+
+class RoarkObserver(BaseObserver):
+    """Writes a Pipecat call as OTel spans and events keyed by ``conversation.id``.
+
+    A ``RoarkSpanExporter`` on the tracer provider turns that record into Roark's
+    webhooks; with no SDK provider configured, the observer sets one up privately.
+    """
+
+    def __init__(
+        self,
+        *,
+        agent_id: str,
+        agent_name: str | None = None,
+        agent_prompt: str | None = None,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        conversation_id: str | None = None,
+        pipecat_call_id: str | None = None,
+        runner_args: object = None,
+        tracer_provider: TracerProvider | None = None,
+        audio_buffer_processor: AudioBufferProcessor | None = None,
+    ) -> None:
+        # Capture rules 3 and 7: every push, so the output transport's release is seen.
+        super().__init__()
+        if not isinstance(agent_id, str) or not agent_id.strip():
+            raise ValueError("agent_id must be a non-empty string (the customer-stable agent id)")
+        if conversation_id and pipecat_call_id and conversation_id != pipecat_call_id:
+            raise ValueError(
+                "conversation_id and pipecat_call_id name the same id; pass one of them"
+            )
+        self._settings = self._resolve_settings(api_key, base_url)
+        self._conversation_id, self._id_is_explicit = initial_call_id(
+            conversation_id or pipecat_call_id, runner_args
+        )
+        self._identity_synced = False
+        self._agent = (agent_id, agent_name, agent_prompt)
+        self._tracer_provider = tracer_provider
+        self._owns_recorder = audio_buffer_processor is None
+        self.audio_processor: AudioBufferProcessor = (
+            audio_buffer_processor or RoarkAudioRecorder()
+        )
+        self._chunks = ChunkSink()
+        self.audio_processor.add_event_handler("on_audio_data", self._chunks.on_audio_data)
+
+        self._capture = CallCapture()
+        self._record: CallRecord | None = None
+        self._pending: list[Record] = []
+        self._tracing = _compat.PipecatTracing(None)
+        self._clock_offset: int | None = None
+        self._seen: set[int] = set()
+        self._opening: asyncio.Task[None] | None = None
+        self._end_task: asyncio.Future[None] | None = None
+        self._exporter_engine: Any = None
+        self._dispatch: dict[type, Handler | None] = {}
+
+    @staticmethod
+    def _resolve_settings(api_key: str | None, base_url: str | None) -> RoarkSettings | None:
+        """Our own settings, or None to follow the RoarkSpanExporter already made."""
+        try:
+            return resolve_settings(api_key=api_key, base_url=base_url)
+        except ValueError:
+            if api_key is None and active_exporter() is not None:
+                return None
+            raise
+
+    # -- public ---------------------------------------------------------------
+
+    @property
+    def conversation_id(self) -> str:
+        """The call id: Roark's ``pipecatCallId`` and ``conversation.id`` on every span."""
+        return self._conversation_id
+
+    @property
+    def pipecat_call_id(self) -> str:
+        return self._conversation_id
+
+    @property
+    def trace_id(self) -> str | None:
+        """Hex trace id of the call span, once the call has started."""
+        return self._record.trace_id if self._record else None
+
+    async def aflush(self, *, reason: str = "client-disconnected") -> None:
+        """End the call now (wire to a transport's disconnect handler). Idempotent."""
+        with _errors.guard("aflush"):
+            await self._end(reason, time.time_ns())
+
+    # -- pipecat hooks --------------------------------------------------------
+
+    async def setup(self, task_manager: BaseTaskManager) -> None:
+        await super().setup(task_manager)
+        with _errors.guard("setup"):
+            # Capture rule 12: a user's recorder is armed only if it is not already.
+            if not self._owns_recorder and not _compat.is_recording(self.audio_processor):
+                await self.audio_processor.start_recording()
+
+    async def on_processor_setup(self, data: ProcessorSetUp) -> None:
+        if not self._identity_synced:
+            with _errors.guard("on_processor_setup"):
+                self._sync_identity(data.processor)
+
+    async def on_pipeline_started(self) -> None:
+        with _errors.guard("on_pipeline_started"):
+            await self._open(started=True)
+
+    async def on_push_frame(self, data: FramePushed) -> None:
+        cls = type(data.frame)
+        try:
+            handler = self._dispatch[cls]
+        except KeyError:
+            handler = self._dispatch[cls] = self._handler_for(cls)
+        if handler is None:
+            return
+        with _errors.guard("on_push_frame"):
+            pending = handler(data)
+            if pending is not None:
+                await pending
+
+    # -- dispatch -------------------------------------------------------------
+
+    def _handler_for(self, cls: type) -> Handler | None:
+        table: list[tuple[type | tuple[type, ...], Handler]] = [
+            ((InputAudioRawFrame, OutputAudioRawFrame), self._on_audio),
+            (TTSTextFrame, self._on_tts_text),
+            (StartFrame, self._on_start),
+            ((EndFrame, StopFrame, CancelFrame), self._on_end_frame),
+            (
+                (
+                    TranscriptionFrame,
+                    UserStartedSpeakingFrame,
+                    UserStoppedSpeakingFrame,
+                    BotStartedSpeakingFrame,
+                    BotStoppedSpeakingFrame,
+                    InterruptionFrame,
+                    FunctionCallInProgressFrame,
+                    FunctionCallResultFrame,
+                ),
+                self._on_once,
+            ),
+        ]
+        for types, handler in table:
+            if issubclass(cls, types):
+                return handler
+        return None
+
+    def _now(self, data: FramePushed) -> int:
+        if self._clock_offset is not None and data.timestamp > 0:
+            return int(data.timestamp) + self._clock_offset
+        return time.time_ns()
+
+    def _on_audio(self, data: FramePushed) -> None:
+        # Capture rule 13: sample 0 is the first audio frame the recorder keeps.
+        if (
+            self._capture.anchor_ns is None
+            and data.destination is self.audio_processor
+            and data.frame.audio  # type: ignore[attr-defined]
+            and _compat.is_recording(self.audio_processor)
+        ):
+            self._capture.anchor_ns = self._now(data)
+
+    def _on_start(self, data: FramePushed) -> None:
+        if self._clock_offset is None:
+            self._clock_offset = _compat.clock_offset_ns(data.source)
+        if not self._identity_synced:
+            self._sync_identity(data.source)
+        if _compat.is_output_transport(data.source):
+            self._capture.has_output_transport = True
+
+    def _on_tts_text(self, data: FramePushed) -> None:
+        frame: TTSTextFrame = data.frame  # type: ignore[assignment]
+        played = _compat.is_output_transport(data.source)
+        if played:
+            self._capture.has_output_transport = True
+        self._capture.tts_text(
+            frame.id,
+            frame.text or "",
+            bool(getattr(frame, "includes_inter_frame_spaces", False)),
+            self._now(data),
+            played=played,
+        )
+
+    def _first_sighting(self, frame: Frame) -> bool:
+        """Capture rules 1 and 2: one action per frame, and per broadcast pair."""
+        if frame.id in self._seen:
+            return False
+        self._seen.add(frame.id)
+        sibling = getattr(frame, "broadcast_sibling_id", None)
+        return not (sibling is not None and sibling in self._seen)
+
+    def _on_once(self, data: FramePushed) -> None:
+        frame = data.frame
+        if not self._first_sighting(frame):
+            return
+        now = self._now(data)
+        cap = self._capture
+        records: list[Record] = []
+        if isinstance(frame, TranscriptionFrame):
+            cap.transcription(
+                frame.text or "",
+                bool(getattr(frame, "includes_inter_frame_spaces", False)),
+                now,
+                frame_timestamp=getattr(frame, "timestamp", None),
+                user_id=getattr(frame, "user_id", None),
+                language=getattr(frame, "language", None),
+            )
+        elif isinstance(frame, UserStartedSpeakingFrame):
+            records = cap.user_started(now)
+        elif isinstance(frame, UserStoppedSpeakingFrame):
+            cap.user_stopped(now)
+        elif isinstance(frame, BotStartedSpeakingFrame):
+            records = cap.bot_started(now)
+        elif isinstance(frame, BotStoppedSpeakingFrame):
+            records = cap.bot_stopped(now)
+        elif isinstance(frame, InterruptionFrame):
+            records = cap.bot_stopped(now, interrupted=True)
+        elif isinstance(frame, FunctionCallInProgressFrame):
+            records = cap.tool_call(frame.tool_call_id, frame.function_name, frame.arguments, now)
+        elif isinstance(frame, FunctionCallResultFrame):
+            records = cap.tool_result(frame.tool_call_id, frame.result, now)
+        if records:
+            self._emit(records)
+
+    def _on_end_frame(self, data: FramePushed) -> Awaitable[None] | None:
+        frame = data.frame
+        if self._capture.has_output_transport and isinstance(frame, (EndFrame, StopFrame)):
+            # Capture rule 17: the call ends when the output transport passes it on.
+            if not _compat.is_output_transport(data.source):
+                return None
+        if not self._first_sighting(frame):
+            return None
+        return self._end(_end_reason(frame), self._now(data))
+
+    # -- the record -----------------------------------------------------------
+
+    def _emit(self, records: list[Record]) -> None:
+        if self._record is None:
+            self._pending.extend(records)
+        else:
+            self._record.add(records)
+
+    def _sync_identity(self, processor: Any) -> None:
+        worker = _compat.pipeline_worker(processor)
+        if worker is None:
+            return
+        self._identity_synced = True
+        self._tracing = _compat.PipecatTracing(worker)
+        task_id = self._tracing.task_conversation_id()
+        if task_id and not self._id_is_explicit:
+            self._conversation_id = task_id
+        elif task_id and task_id != self._conversation_id:
+            _errors.logger.warning(
+                "RoarkObserver and PipelineTask were given different conversation ids; "
+                "using the observer's (%s)",
+                self._conversation_id,
+            )
+        self._conversation_id = self._tracing.adopt_conversation_id(self._conversation_id)
+
+    def _provider(self) -> TracerProvider:
+        if self._tracer_provider is not None:
+            return self._tracer_provider
+        provider = trace.get_tracer_provider()
+        if isinstance(provider, SdkTracerProvider):
+            return provider
+        if self._settings is None:
+            return provider
+        return _private_provider(self._settings)
+
+    async def _open(self, *, started: bool) -> None:
+        if self._record is not None:
+            return
+        if self._opening is None:
+            self._opening = asyncio.ensure_future(self._do_open(started))
+        await asyncio.shield(self._opening)
+
+    async def _do_open(self, started: bool) -> None:
+        parent = await self._tracing.wait_for_conversation_context() if started else None
+        if parent is None:
+            parent = self._tracing.conversation_context()
+        provider = self._provider()
+        exporter = active_exporter()
+        if exporter is None:
+            if isinstance(provider, SdkTracerProvider) and _errors.should_log("no_exporter"):
+                _errors.logger.warning(
+                    "No RoarkSpanExporter on the TracerProvider: Roark will not receive call %s. "
+                    "Add provider.add_span_processor(BatchSpanProcessor(RoarkSpanExporter())).",
+                    self._conversation_id,
+                )
+        self._chunks.attach(exporter.engine if exporter else None, self._conversation_id)
+        tracer = provider.get_tracer(sc.INSTRUMENTATION_SCOPE, __version__)
+        start_ns = time.time_ns()
+        agent_id, agent_name, agent_prompt = self._agent
+        self._record = CallRecord(
+            tracer,
+            CallIdentity(self._conversation_id, agent_id, agent_name, agent_prompt),
+            parent=parent,
+            start_ns=start_ns,
+            started_at=iso_from_ns(start_ns) if started else None,
+        )
+        self._started_at = iso_from_ns(start_ns) if started else None
+        if self._pending:
+            self._record.add(self._pending)
+            self._pending = []
+
+    def _end(self, reason: str, now_ns: int) -> Awaitable[None]:
+        # Capture rule 18: the send outlives a cancelled frame handler; later calls await it.
+        if self._end_task is None:
+            self._end_task = asyncio.ensure_future(self._finish(reason, now_ns))
+        return asyncio.shield(self._end_task)
+
+    async def _finish(self, reason: str, now_ns: int) -> None:
+        with _errors.guard("call end"):
+            self._emit(self._capture.flush_all(now_ns))
+            await self._close_recording()
+            await self._open(started=False)
+            assert self._record is not None
+            attrs: dict[str, AttributeValue] = {
+                sc.CALL_ENDED_REASON: reason,
+                sc.CALL_ENDED_AT: iso_from_ns(time.time_ns()),
+                sc.RECORDING_CHUNKS: self._chunks.chunks,
+                sc.RECORDING_BYTES: self._chunks.bytes,
+                sc.RECORDING_UPLOAD_FAILURES: self._chunks.failures,
+            }
+            if self._capture.first_speaker is not None:
+                attrs[sc.CALL_AGENT_SPOKE_FIRST] = self._capture.first_speaker == "assistant"
+            if self._chunks.sample_rate is not None:
+                attrs[sc.RECORDING_SAMPLE_RATE] = self._chunks.sample_rate
+            if self._chunks.num_channels is not None:
+                attrs[sc.RECORDING_CHANNELS] = self._chunks.num_channels
+            if self._record.turns == 0 and _errors.should_log(f"empty:{self._conversation_id}"):
+                _errors.logger.warning(
+                    "call %s ended with an empty transcript: no TranscriptionFrame or "
+                    "TTSTextFrame was seen",
+                    self._conversation_id,
+                )
+            self._record.close(attrs, end_ns=time.time_ns())
+            provider = self._provider()
+            if provider in _private_providers.values():
+                # Nobody else flushes our private provider: hand the call to the outbox now.
+                await asyncio.to_thread(provider.force_flush, 5_000)  # type: ignore[attr-defined]
+
+    async def _close_recording(self) -> None:
+        """Capture rule 14: the tail reaches the outbox before the call span ends."""
+        processor = self.audio_processor
+        if _compat.is_recording(processor):
+            await processor.stop_recording()
+        if not await _compat.wait_for_audio_handlers(processor, AUDIO_HANDLER_TIMEOUT_S):
+            _errors.logger.warning(
+                "on_audio_data handlers still running after %.0fs; ending call %s without them",
+                AUDIO_HANDLER_TIMEOUT_S,
+                self._conversation_id,
+            )
+        self._chunks.closed = True

@@ -1,0 +1,341 @@
+"""A scripted voice call through a real Pipecat pipeline: no keys, no network, no models.
+
+Scripted STT, LLM and TTS processors emit the frame types real services emit
+(speaking edges, final transcriptions, LLM text, TTS words and audio, tool
+calls as broadcast pairs), and an output transport plays the audio at a chosen
+speed, releasing each TTS word as its audio plays, as a real one does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import struct
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from pipecat.frames.frames import (
+    BotStartedSpeakingFrame,
+    BotStoppedSpeakingFrame,
+    DataFrame,
+    EndTaskFrame,
+    Frame,
+    FunctionCallInProgressFrame,
+    FunctionCallResultFrame,
+    InputAudioRawFrame,
+    LLMFullResponseEndFrame,
+    LLMFullResponseStartFrame,
+    LLMTextFrame,
+    OutputAudioRawFrame,
+    StartFrame,
+    TranscriptionFrame,
+    TTSAudioRawFrame,
+    TTSStartedFrame,
+    TTSStoppedFrame,
+    TTSTextFrame,
+    UserStartedSpeakingFrame,
+    UserStoppedSpeakingFrame,
+)
+from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
+from pipecat.transports.base_output import BaseOutputTransport
+from pipecat.transports.base_transport import TransportParams
+
+INPUT_RATE = 16_000
+_TICK_S = 0.02
+
+
+@dataclass(frozen=True)
+class Tool:
+    name: str
+    arguments: Any
+    result: Any
+    call_id: str
+
+
+@dataclass(frozen=True)
+class Exchange:
+    """The user says ``user`` (empty for none), then the bot replies ``bot``.
+
+    ``interrupt_after_words`` cuts the reply off once that many words played.
+    """
+
+    user: str
+    bot: str
+    tool: Tool | None = None
+    interrupt_after_words: int | None = None
+    user_segments: int = 1
+
+
+@dataclass(frozen=True)
+class Script:
+    exchanges: Sequence[Exchange]
+    greeting: str | None = None
+    speed: float = 8.0
+    word_s: float = 0.3
+    user_word_s: float = 0.25
+    pause_s: float = 0.2
+
+
+DEFAULT_SCRIPT = Script(
+    greeting="Hello! Thanks for calling Copperline Care. How can I help?",
+    exchanges=(
+        Exchange(
+            user="I'd like to check on my order",
+            bot="Sure, let me look that up for you.",
+            tool=Tool("lookup_order", {"order_id": "A-1042"}, {"status": "shipped"}, "call_1"),
+        ),
+        Exchange(
+            user="Is it arriving today",
+            bot="Your order shipped yesterday and will arrive tomorrow before noon, "
+            "and you will get a text message with the tracking link",
+            interrupt_after_words=6,
+        ),
+        Exchange(user="Great thanks", bot="You're welcome. Goodbye!", user_segments=2),
+    ),
+)
+
+
+def _tone(n_samples: int, rate: int, freq: float, start: int, channels: int = 1) -> bytes:
+    frames = []
+    for i in range(n_samples):
+        v = int(6000 * math.sin(2 * math.pi * freq * (start + i) / rate))
+        frames.extend([v] * channels)
+    return struct.pack(f"<{len(frames)}h", *frames)
+
+
+class _SayFrame(DataFrame):
+    """Director → LLM: say this (the greeting)."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text = text
+
+
+class ScriptedSTT(FrameProcessor):
+    """The caller: user audio ticks, speaking edges and final transcriptions, on script."""
+
+    def __init__(self, script: Script, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._script = script
+        self._bot_stopped = asyncio.Event()
+        self._bot_started = asyncio.Event()
+        self._words_played = 0
+        self._task: asyncio.Task[None] | None = None
+        self._sample = 0
+        self.done = asyncio.Event()
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        await super().process_frame(frame, direction)
+        if isinstance(frame, BotStoppedSpeakingFrame):
+            self._bot_stopped.set()
+        elif isinstance(frame, BotStartedSpeakingFrame):
+            self._bot_started.set()
+        await self.push_frame(frame, direction)
+        if isinstance(frame, StartFrame):
+            self._task = self.create_task(self._run())
+
+    def word_played(self) -> None:
+        self._words_played += 1
+
+    async def cleanup(self) -> None:
+        await super().cleanup()
+        if self._task:
+            await self.cancel_task(self._task)
+
+    async def _sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds / self._script.speed)
+
+    async def _audio(self, seconds: float, freq: float) -> None:
+        n = int(INPUT_RATE * _TICK_S)
+        for _ in range(max(1, round(seconds / _TICK_S))):
+            await self.push_frame(
+                InputAudioRawFrame(_tone(n, INPUT_RATE, freq, self._sample), INPUT_RATE, 1)
+            )
+            self._sample += n
+            await self._sleep(_TICK_S)
+
+    async def _bot_turn(self) -> None:
+        await self._bot_stopped.wait()
+        self._bot_stopped.clear()
+        self._bot_started.clear()
+
+    async def _user_turn(self, exchange: Exchange) -> None:
+        words = exchange.user.split()
+        await self.push_frame(UserStartedSpeakingFrame())
+        await self._audio(len(words) * self._script.user_word_s, 220.0)
+        await self.push_frame(UserStoppedSpeakingFrame())
+        k = max(1, exchange.user_segments)
+        for i in range(k):
+            text = " ".join(words[i * len(words) // k : (i + 1) * len(words) // k])
+            now = datetime.now(timezone.utc).isoformat()
+            await self.push_frame(TranscriptionFrame(text, "caller-1", now, language="en-US"))
+
+    async def _run(self) -> None:
+        script = self._script
+        await self._audio(script.pause_s, 0.0)
+        if script.greeting:
+            await self.push_frame(_SayFrame(script.greeting))
+            await self._bot_turn()
+        for exchange in script.exchanges:
+            await self._audio(script.pause_s, 0.0)
+            if exchange.user:
+                await self._user_turn(exchange)
+            if exchange.interrupt_after_words is not None:
+                self._words_played = 0
+                await self._bot_started.wait()
+                while self._words_played < exchange.interrupt_after_words:
+                    await asyncio.sleep(0.005)
+                await self.push_frame(UserStartedSpeakingFrame())
+                await self.broadcast_interruption()
+                await self._bot_stopped.wait()
+                await self._audio(0.3, 330.0)
+                await self.push_frame(UserStoppedSpeakingFrame())
+                self._bot_stopped.clear()
+                self._bot_started.clear()
+            else:
+                await self._bot_turn()
+        await self._audio(script.pause_s, 0.0)
+        self.done.set()
+        # Ask the task to end, as a bot does; it sends the EndFrame down the pipeline.
+        await self.push_frame(EndTaskFrame(), FrameDirection.UPSTREAM)
+
+
+class ScriptedLLM(FrameProcessor):
+    """Replies with the next scripted line to each user turn; calls the scripted tool first."""
+
+    def __init__(self, script: Script, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._replies = list(script.exchanges)
+        self._segments = 0
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        await super().process_frame(frame, direction)
+        if isinstance(frame, _SayFrame):
+            await self._reply(frame.text, None)
+            return
+        await self.push_frame(frame, direction)
+        if isinstance(frame, TranscriptionFrame) and self._replies:
+            # Reply once the turn's last final segment arrived.
+            self._segments += 1
+            exchange = self._replies[0]
+            if self._segments >= max(1, exchange.user_segments):
+                self._segments = 0
+                self._replies.pop(0)
+                await self._reply(exchange.bot, exchange.tool)
+
+    async def _reply(self, text: str, tool: Tool | None) -> None:
+        await self.push_frame(LLMFullResponseStartFrame())
+        if tool is not None:
+            kwargs = {"function_name": tool.name, "tool_call_id": tool.call_id}
+            await self.broadcast_frame(
+                FunctionCallInProgressFrame, **kwargs, arguments=tool.arguments
+            )
+            await self.broadcast_frame(
+                FunctionCallResultFrame, **kwargs, arguments=tool.arguments, result=tool.result
+            )
+        for i, word in enumerate(text.split()):
+            await self.push_frame(LLMTextFrame(word if i == 0 else " " + word))
+        await self.push_frame(LLMFullResponseEndFrame())
+
+
+class ScriptedTTS(FrameProcessor):
+    """Speaks each LLM response word by word: a TTSTextFrame, then that word's audio."""
+
+    def __init__(self, script: Script, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._script = script
+        self._words: list[str] = []
+        self._sample = 0
+        self._rate = 24_000
+
+    async def setup(self, setup: Any) -> None:
+        await super().setup(setup)
+        self._rate = int(getattr(setup, "audio_out_sample_rate", 0) or self._rate)
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        await super().process_frame(frame, direction)
+        if isinstance(frame, LLMTextFrame):
+            self._words.append(frame.text.strip())
+            return
+        if isinstance(frame, LLMFullResponseEndFrame):
+            await self.push_frame(frame, direction)
+            await self._speak()
+            return
+        await self.push_frame(frame, direction)
+
+    async def _speak(self) -> None:
+        words, self._words = self._words, []
+        rate = self._rate
+        n = int(rate * self._script.word_s)
+        await self.push_frame(TTSStartedFrame())
+        for word in words:
+            await self.push_frame(TTSTextFrame(word, "word"))
+            await self.push_frame(TTSAudioRawFrame(_tone(n, rate, 440.0, self._sample), rate, 1))
+            self._sample += n
+        await self.push_frame(TTSStoppedFrame())
+
+
+class SimulatedOutputTransport(BaseOutputTransport):
+    """Plays audio at ``speed`` times real time and tells the caller which words played."""
+
+    def __init__(
+        self, speed: float, on_word_played: Callable[[], None] | None = None, **kwargs: Any
+    ) -> None:
+        super().__init__(TransportParams(audio_out_enabled=True), **kwargs)
+        self._speed = speed
+        self._on_word_played = on_word_played
+
+    async def start(self, frame: StartFrame) -> None:
+        await super().start(frame)
+        await self.set_transport_ready(frame)
+
+    async def write_audio_frame(self, frame: OutputAudioRawFrame) -> bool:
+        seconds = len(frame.audio) / (2 * frame.num_channels * frame.sample_rate)
+        await asyncio.sleep(seconds / self._speed)
+        return True
+
+    async def push_frame(
+        self, frame: Frame, direction: FrameDirection = FrameDirection.DOWNSTREAM
+    ) -> None:
+        await super().push_frame(frame, direction)
+        if isinstance(frame, TTSTextFrame) and self._on_word_played is not None:
+            # Lets the scripted caller interrupt after N words were heard.
+            self._on_word_played()
+
+
+@dataclass
+class SimulatedCall:
+    """The processors of one simulated call, in pipeline order around the observer's recorder."""
+
+    script: Script = field(default_factory=lambda: DEFAULT_SCRIPT)
+    stt: ScriptedSTT = field(init=False)
+    llm: ScriptedLLM = field(init=False)
+    tts: ScriptedTTS = field(init=False)
+    output: SimulatedOutputTransport = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.stt = ScriptedSTT(self.script)
+        self.llm = ScriptedLLM(self.script)
+        self.tts = ScriptedTTS(self.script)
+        self.output = SimulatedOutputTransport(self.script.speed, self.stt.word_played)
+
+    def processors(self, recorder: FrameProcessor | None) -> list[FrameProcessor]:
+        procs: list[FrameProcessor] = [self.stt, self.llm, self.tts, self.output]
+        if recorder is not None:
+            procs.append(recorder)
+        return procs
+
+
+__all__ = [
+    "DEFAULT_SCRIPT",
+    "Exchange",
+    "Script",
+    "ScriptedLLM",
+    "ScriptedSTT",
+    "ScriptedTTS",
+    "SimulatedCall",
+    "SimulatedOutputTransport",
+    "Tool",
+]
