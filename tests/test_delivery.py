@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import subprocess
 import sys
 import threading
@@ -511,3 +512,25 @@ def test_many_calls_flow_in_parallel(
     elapsed = time.monotonic() - t0
     assert all(status(roark, cid) == "ended" for cid in ids)
     print(f"{len(ids) / elapsed:.0f} calls/s against the local Roark")
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_forked_child_delivers_with_its_own_thread(
+    tmp_path: Path, engines: Callable[..., Engine], roark: LocalRoark
+) -> None:
+    engine = engines(tmp_path / "spool", roark.base_url)
+    engine.put_started("parent", started("parent"))
+    assert engine.force_flush(5)  # the parent's threads are running at fork time
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        code = 1
+        try:
+            engine.put_started("child", started("child"))
+            code = 0 if engine.force_flush(5) else 2
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + 15
+    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert done[0] == pid and os.waitstatus_to_exitcode(done[1]) == 0
+    assert status(roark, "child") == "started"
