@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from .audio import RoarkAudioRecorder
+from ._version import __version__
+from .observer import RoarkObserver
 
-__all__ = ["__version__"]
+__all__ = ["RoarkAudioRecorder", "RoarkObserver", "__version__"]

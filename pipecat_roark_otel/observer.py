@@ -36,10 +36,11 @@ from pipecat.observers.base_observer import BaseObserver, FramePushed, Processor
 from pipecat.processors.audio.audio_buffer_processor import AudioBufferProcessor
 from pipecat.utils.asyncio.task_manager import BaseTaskManager
 
-from . import __version__, _compat, _errors
+from . import _compat, _errors
 from . import semconv as sc
 from ._capture import CallCapture, Record, iso_from_ns
 from ._identity import initial_call_id
+from ._version import __version__
 from ._record import CallIdentity, CallRecord
 from .audio._chunks import ChunkSink
 from .audio._recorder import RoarkAudioRecorder

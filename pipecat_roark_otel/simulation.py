@@ -339,3 +339,30 @@ __all__ = [
     "SimulatedOutputTransport",
     "Tool",
 ]
+
+
+async def run_simulated_call(
+    observer: Any,
+    *,
+    script: Script | None = None,
+    enable_tracing: bool = True,
+    conversation_id: str | None = None,
+    audio_out_sample_rate: int = 24_000,
+    recorder: FrameProcessor | None = None,
+) -> SimulatedCall:
+    """Run one scripted call through a real ``PipelineTask`` with ``observer`` attached."""
+    from pipecat.pipeline.pipeline import Pipeline
+    from pipecat.pipeline.runner import PipelineRunner
+    from pipecat.pipeline.task import PipelineParams, PipelineTask
+
+    call = SimulatedCall(script or DEFAULT_SCRIPT)
+    rec = recorder if recorder is not None else getattr(observer, "audio_processor", None)
+    task = PipelineTask(
+        Pipeline(call.processors(rec)),
+        params=PipelineParams(audio_out_sample_rate=audio_out_sample_rate),
+        observers=[observer],
+        enable_tracing=enable_tracing,
+        conversation_id=conversation_id,
+    )
+    await PipelineRunner(handle_sigint=False).run(task)
+    return call

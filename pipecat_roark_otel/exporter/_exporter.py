@@ -63,7 +63,6 @@ class RoarkSpanExporter(SpanExporter):
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         if self._shut_down:
             return SpanExportResult.FAILURE
-        wrote = False
         for span in spans:
             if not is_ours(span):
                 continue
@@ -77,8 +76,6 @@ class RoarkSpanExporter(SpanExporter):
                     self._engine.put_segment(item.call_id, item.index, item.body)
                 else:
                     self._engine.put_end(item.call_id, item.body)
-                wrote = True
-        del wrote
         return SpanExportResult.SUCCESS
 
     def force_flush(self, timeout_millis: int = 30_000) -> bool:
@@ -90,4 +87,4 @@ class RoarkSpanExporter(SpanExporter):
         if self._shut_down:
             return
         self._shut_down = True
-        self._engine.force_flush(5.0)
+        self._engine.shutdown(5.0)

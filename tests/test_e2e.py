@@ -1,0 +1,155 @@
+"""A real PipelineTask, real tracing, real HTTP to the local Roark; payloads field by field."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+
+import pytest
+
+from pipecat_roark_otel import RoarkObserver, semconv
+from pipecat_roark_otel.devserver import LocalRoark
+from pipecat_roark_otel.exporter import RoarkSpanExporter
+from pipecat_roark_otel.simulation import run_simulated_call
+
+from .conftest import Otel
+
+pytestmark = pytest.mark.e2e
+
+ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{6})?\+00:00$")
+
+
+def _parse(ts: str) -> datetime:
+    assert ISO_UTC.match(ts), ts
+    return datetime.fromisoformat(ts)
+
+
+async def _call(
+    exporter: RoarkSpanExporter, roark: LocalRoark, observer: RoarkObserver, **kwargs: object
+) -> dict:
+    recorded: list[bytes] = []
+
+    async def keep(_p: object, audio: bytes, _sr: int, _ch: int) -> None:
+        recorded.append(audio)
+
+    observer.audio_processor.add_event_handler("on_audio_data", keep)
+    await run_simulated_call(observer, **kwargs)  # type: ignore[arg-type]
+    assert exporter.force_flush(15_000)
+    call = roark.wait_for_call_ended(observer.conversation_id, timeout=15)
+    call["recorded"] = b"".join(recorded)
+    return call
+
+
+async def test_call_arrives_field_by_field(
+    exporter: RoarkSpanExporter, roark: LocalRoark, otel: Otel
+) -> None:
+    observer = RoarkObserver(
+        agent_id="support-bot-v3", agent_name="Support Bot", agent_prompt="Be kind."
+    )
+    call = await _call(exporter, roark, observer)
+
+    started = call["started"]
+    assert started == {
+        "event": "call-started",
+        "pipecatCallId": observer.conversation_id,
+        "eventTimestamp": started["eventTimestamp"],
+        "agentId": "support-bot-v3",
+        "agentName": "Support Bot",
+        "agentPrompt": "Be kind.",
+    }
+    t0 = _parse(started["eventTimestamp"])
+
+    ended = call["ended"]
+    assert list(ended)[:6] == [
+        "event",
+        "pipecatCallId",
+        "eventTimestamp",
+        "callStartedAt",
+        "callEndedAt",
+        "callEndedReason",
+    ]
+    assert ended["event"] == "call-ended"
+    assert ended["pipecatCallId"] == observer.conversation_id
+    assert ended["callStartedAt"] == started["eventTimestamp"]
+    assert ended["callEndedAt"] == ended["eventTimestamp"]
+    assert _parse(ended["callEndedAt"]) > t0
+    assert ended["callEndedReason"] == "agent-ended"
+    assert ended["agentSpokeFirst"] is True
+    assert ended["recordingSampleRate"] == 24_000
+    assert ended["recordingNumChannels"] == 2
+
+    turns = [(t["role"], t["content"]) for t in ended["transcript"]]
+    assert turns == [
+        ("assistant", "Hello! Thanks for calling Copperline Care. How can I help?"),
+        ("user", "I'd like to check on my order"),
+        ("assistant", "Sure, let me look that up for you."),
+        ("user", "Is it arriving today"),
+        # Interrupted after six words played: the rest was never heard.
+        ("assistant", "Your order shipped yesterday and will"),
+        ("user", "Great thanks"),
+        ("assistant", "You're welcome. Goodbye!"),
+    ]
+    onsets = [_parse(t["timestamp"]) for t in ended["transcript"]]
+    assert onsets == sorted(onsets)
+    for turn in ended["transcript"]:
+        assert _parse(turn["endTimestamp"]) >= _parse(turn["timestamp"])
+        assert 0 <= turn["audioOffsetMs"] <= turn["endAudioOffsetMs"]
+    user = ended["transcript"][1]
+    assert user["userId"] == "caller-1"
+    assert user["language"] == "en-US"
+
+    call_rec, result = ended["toolCalls"]
+    assert call_rec == {
+        "kind": "tool_call",
+        "toolCallId": "call_1",
+        "name": "lookup_order",
+        "arguments": '{"order_id":"A-1042"}',
+        "timestamp": call_rec["timestamp"],
+        "audioOffsetMs": call_rec["audioOffsetMs"],
+    }
+    assert result["kind"] == "tool_result"
+    assert result["toolCallId"] == "call_1"
+    assert result["content"] == '{"status":"shipped"}'
+
+    # The receiver saw call-started first and call-ended last, each once.
+    log = [r for r in roark.requests(observer.conversation_id) if r["status"] < 300]
+    kinds = [r.get("event") or r["path"].split("/")[1] for r in log]
+    assert kinds[0] == "call-started"
+    assert kinds[-1] == "call-ended"
+    assert kinds.count("call-started") == kinds.count("call-ended") == 1
+
+    # Byte-exact: the WAV's PCM is exactly what the recorder produced.
+    assert call["recorded"]
+    wav = roark.wav_bytes(observer.conversation_id)
+    assert wav is not None and wav[44:] == call["recorded"]
+
+
+@pytest.mark.parametrize("given_to", ["observer", "task", "neither"])
+async def test_one_id_everywhere(
+    given_to: str, exporter: RoarkSpanExporter, roark: LocalRoark, otel: Otel
+) -> None:
+    observer = RoarkObserver(
+        agent_id="a", conversation_id="obs-id-1" if given_to == "observer" else None
+    )
+    call = await _call(
+        exporter,
+        roark,
+        observer,
+        conversation_id="task-id-1" if given_to == "task" else None,
+    )
+    expected = {"observer": "obs-id-1", "task": "task-id-1"}.get(given_to, observer.conversation_id)
+    assert observer.conversation_id == expected
+    assert call["started"]["pipecatCallId"] == expected
+    assert call["ended"]["pipecatCallId"] == expected
+
+    spans = otel.spans()
+    conversation = next(s for s in spans if s.name == "conversation")
+    ours = [s for s in spans if s.name in semconv.SPAN_NAMES]
+    call_span = next(s for s in ours if s.name == semconv.SPAN_CALL)
+    assert conversation.attributes["conversation.id"] == expected
+    assert call_span.parent is not None
+    assert call_span.parent.span_id == conversation.context.span_id
+    for span in ours + [s for s in spans if s.name == "turn"]:
+        assert span.context.trace_id == conversation.context.trace_id
+        assert span.attributes["conversation.id"] == expected
+    assert observer.trace_id == format(conversation.context.trace_id, "032x")
