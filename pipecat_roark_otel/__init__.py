@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from .audio import RoarkAudioRecorder
 from ._version import __version__
+from .audio import RoarkAudioRecorder
 from .observer import RoarkObserver
 
 __all__ = ["RoarkAudioRecorder", "RoarkObserver", "__version__"]

@@ -288,7 +288,9 @@ class CallCapture:
 
     # -- tools ----------------------------------------------------------------
 
-    def tool_call(self, tool_call_id: object, name: object, arguments: object, now: int) -> list[Record]:
+    def tool_call(
+        self, tool_call_id: object, name: object, arguments: object, now: int
+    ) -> list[Record]:
         """Capture rules 2 and 10: one tool-call id is one invocation."""
         call_id = str(tool_call_id or "")
         if call_id:

@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 from opentelemetry.context import Context
-from pipecat.frames.frames import Frame, StartFrame
+from pipecat.frames.frames import StartFrame
 from pipecat.processors.audio.audio_buffer_processor import AudioBufferProcessor
 from pipecat.processors.frame_processor import FrameProcessor
 from pipecat.transports.base_output import BaseOutputTransport
@@ -54,14 +54,11 @@ def start_frame_sample_rate(frame: StartFrame) -> int | None:
 class PipecatTracing:
     """The conversation id and span context of Pipecat's own tracing for one worker."""
 
-    def __init__(self, worker: Any | None) -> None:
-        self._worker = worker
-        self._observer = getattr(worker, "turn_trace_observer", None) if worker else None
-        self._context = getattr(worker, "_tracing_context", None) if worker else None
-
-    @property
-    def enabled(self) -> bool:
-        return self._observer is not None and self._context is not None
+    def __init__(self, worker: Any) -> None:
+        self._worker: Any = worker
+        self._observer: Any = getattr(worker, "turn_trace_observer", None)
+        self._context: Any = getattr(worker, "_tracing_context", None)
+        self.enabled = self._observer is not None and self._context is not None
 
     def task_conversation_id(self) -> str | None:
         """The id given to ``PipelineTask(conversation_id=...)``, if any."""
@@ -80,9 +77,8 @@ class PipecatTracing:
         if started is None:
             self._observer._conversation_id = conversation_id
             return conversation_id
-        current = self._context.conversation_id
-        if current == conversation_id:
-            return current  # type: ignore[no-any-return]
+        if self._context.conversation_id == conversation_id:
+            return conversation_id
         started.set_attribute("conversation.id", conversation_id)
         self._observer._conversation_id = conversation_id
         self._context._conversation_id = conversation_id
@@ -91,7 +87,8 @@ class PipecatTracing:
     def conversation_context(self) -> Context | None:
         if not self.enabled:
             return None
-        return self._context.get_conversation_context()  # type: ignore[no-any-return]
+        ctx: Context | None = self._context.get_conversation_context()
+        return ctx
 
     async def wait_for_conversation_context(self, timeout: float = 0.25) -> Context | None:
         """Pipecat starts its span on its own observer queue; give it a moment."""
@@ -121,5 +118,9 @@ async def wait_for_audio_handlers(processor: AudioBufferProcessor, timeout: floa
     return not pending
 
 
-def frame_id(frame: Frame) -> int:
-    return frame.id
+async def start_recording(processor: Any) -> None:
+    await processor.start_recording()
+
+
+async def stop_recording(processor: Any) -> None:
+    await processor.stop_recording()

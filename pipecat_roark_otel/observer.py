@@ -40,8 +40,8 @@ from . import _compat, _errors
 from . import semconv as sc
 from ._capture import CallCapture, Record, iso_from_ns
 from ._identity import initial_call_id
-from ._version import __version__
 from ._record import CallIdentity, CallRecord
+from ._version import __version__
 from .audio._chunks import ChunkSink
 from .audio._recorder import RoarkAudioRecorder
 from .config import RoarkSettings, resolve_settings
@@ -121,10 +121,9 @@ class RoarkObserver(BaseObserver):
         self._identity_synced = False
         self._agent = (agent_id, agent_name, agent_prompt)
         self._tracer_provider = tracer_provider
+        self._private: SdkTracerProvider | None = None
         self._owns_recorder = audio_buffer_processor is None
-        self.audio_processor: AudioBufferProcessor = (
-            audio_buffer_processor or RoarkAudioRecorder()
-        )
+        self.audio_processor: AudioBufferProcessor = audio_buffer_processor or RoarkAudioRecorder()
         self._chunks = ChunkSink()
         self.audio_processor.add_event_handler("on_audio_data", self._chunks.on_audio_data)
 
@@ -177,7 +176,7 @@ class RoarkObserver(BaseObserver):
         with _errors.guard("setup"):
             # Capture rule 12: a user's recorder is armed only if it is not already.
             if not self._owns_recorder and not _compat.is_recording(self.audio_processor):
-                await self.audio_processor.start_recording()
+                await _compat.start_recording(self.audio_processor)
 
     async def on_processor_setup(self, data: ProcessorSetUp) -> None:
         if not self._identity_synced:
@@ -238,7 +237,7 @@ class RoarkObserver(BaseObserver):
         if (
             self._capture.anchor_ns is None
             and data.destination is self.audio_processor
-            and data.frame.audio  # type: ignore[attr-defined]
+            and getattr(data.frame, "audio", None)
             and _compat.is_recording(self.audio_processor)
         ):
             self._capture.anchor_ns = self._now(data)
@@ -252,7 +251,8 @@ class RoarkObserver(BaseObserver):
             self._capture.has_output_transport = True
 
     def _on_tts_text(self, data: FramePushed) -> None:
-        frame: TTSTextFrame = data.frame  # type: ignore[assignment]
+        frame = data.frame
+        assert isinstance(frame, TTSTextFrame)
         played = _compat.is_output_transport(data.source)
         if played:
             self._capture.has_output_transport = True
@@ -307,10 +307,13 @@ class RoarkObserver(BaseObserver):
 
     def _on_end_frame(self, data: FramePushed) -> Awaitable[None] | None:
         frame = data.frame
-        if self._capture.has_output_transport and isinstance(frame, (EndFrame, StopFrame)):
-            # Capture rule 17: the call ends when the output transport passes it on.
-            if not _compat.is_output_transport(data.source):
-                return None
+        # Capture rule 17: the call ends when the output transport passes it on.
+        if (
+            self._capture.has_output_transport
+            and isinstance(frame, (EndFrame, StopFrame))
+            and not _compat.is_output_transport(data.source)
+        ):
+            return None
         if not self._first_sighting(frame):
             return None
         return self._end(_end_reason(frame), self._now(data))
@@ -344,11 +347,11 @@ class RoarkObserver(BaseObserver):
         if self._tracer_provider is not None:
             return self._tracer_provider
         provider = trace.get_tracer_provider()
-        if isinstance(provider, SdkTracerProvider):
+        if isinstance(provider, SdkTracerProvider) or self._settings is None:
             return provider
-        if self._settings is None:
-            return provider
-        return _private_provider(self._settings)
+        # Zero config: no SDK anywhere, so deliver through a provider of our own.
+        self._private = _private_provider(self._settings)
+        return self._private
 
     async def _open(self, *, started: bool) -> None:
         if self._record is not None:
@@ -363,13 +366,16 @@ class RoarkObserver(BaseObserver):
             parent = self._tracing.conversation_context()
         provider = self._provider()
         exporter = active_exporter()
-        if exporter is None:
-            if isinstance(provider, SdkTracerProvider) and _errors.should_log("no_exporter"):
-                _errors.logger.warning(
-                    "No RoarkSpanExporter on the TracerProvider: Roark will not receive call %s. "
-                    "Add provider.add_span_processor(BatchSpanProcessor(RoarkSpanExporter())).",
-                    self._conversation_id,
-                )
+        if (
+            exporter is None
+            and isinstance(provider, SdkTracerProvider)
+            and _errors.should_log("no_exporter")
+        ):
+            _errors.logger.warning(
+                "No RoarkSpanExporter on the TracerProvider: Roark will not receive call %s. "
+                "Add provider.add_span_processor(BatchSpanProcessor(RoarkSpanExporter())).",
+                self._conversation_id,
+            )
         self._chunks.attach(exporter.engine if exporter else None, self._conversation_id)
         tracer = provider.get_tracer(sc.INSTRUMENTATION_SCOPE, __version__)
         start_ns = time.time_ns()
@@ -381,7 +387,6 @@ class RoarkObserver(BaseObserver):
             start_ns=start_ns,
             started_at=iso_from_ns(start_ns) if started else None,
         )
-        self._started_at = iso_from_ns(start_ns) if started else None
         if self._pending:
             self._record.add(self._pending)
             self._pending = []
@@ -418,16 +423,15 @@ class RoarkObserver(BaseObserver):
                     self._conversation_id,
                 )
             self._record.close(attrs, end_ns=time.time_ns())
-            provider = self._provider()
-            if provider in _private_providers.values():
+            if self._private is not None:
                 # Nobody else flushes our private provider: hand the call to the outbox now.
-                await asyncio.to_thread(provider.force_flush, 5_000)  # type: ignore[attr-defined]
+                await asyncio.to_thread(self._private.force_flush, 5_000)
 
     async def _close_recording(self) -> None:
         """Capture rule 14: the tail reaches the outbox before the call span ends."""
         processor = self.audio_processor
         if _compat.is_recording(processor):
-            await processor.stop_recording()
+            await _compat.stop_recording(processor)
         if not await _compat.wait_for_audio_handlers(processor, AUDIO_HANDLER_TIMEOUT_S):
             _errors.logger.warning(
                 "on_audio_data handlers still running after %.0fs; ending call %s without them",

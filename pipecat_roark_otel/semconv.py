@@ -61,7 +61,6 @@ TURN_USER_ID: Final = "roark.turn.user_id"
 TURN_LANGUAGE: Final = "roark.turn.language"
 TURN_INTERRUPTED: Final = "roark.turn.interrupted"
 TURN_LATENCY_MS: Final = "roark.turn.latency_ms"
-TURN_ONSET_NS: Final = "roark.turn.onset_unix_nano"
 
 TOOL_CALL_ID: Final = "gen_ai.tool.call.id"
 TOOL_NAME: Final = "gen_ai.tool.name"

@@ -39,6 +39,7 @@ from pipecat.frames.frames import (
     UserStoppedSpeakingFrame,
 )
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
+from pipecat.transcriptions.language import Language
 from pipecat.transports.base_output import BaseOutputTransport
 from pipecat.transports.base_transport import TransportParams
 
@@ -170,7 +171,8 @@ class ScriptedSTT(FrameProcessor):
         for i in range(k):
             text = " ".join(words[i * len(words) // k : (i + 1) * len(words) // k])
             now = datetime.now(timezone.utc).isoformat()
-            await self.push_frame(TranscriptionFrame(text, "caller-1", now, language="en-US"))
+            frame = TranscriptionFrame(text, "caller-1", now, language=Language.EN_US)
+            await self.push_frame(frame)
 
     async def _run(self) -> None:
         script = self._script

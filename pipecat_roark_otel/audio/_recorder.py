@@ -8,7 +8,7 @@ from pipecat.frames.frames import Frame, StartFrame
 from pipecat.processors.audio.audio_buffer_processor import AudioBufferProcessor
 from pipecat.processors.frame_processor import FrameDirection
 
-from .._compat import is_recording
+from .._compat import is_recording, start_recording
 
 DEFAULT_CHUNK_BYTES = 256 * 1024
 
@@ -34,5 +34,5 @@ class RoarkAudioRecorder(AudioBufferProcessor):
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
         # Capture rule 11: armed inline, before any greeting audio can reach us.
         if isinstance(frame, StartFrame) and not is_recording(self):
-            await self.start_recording()
+            await start_recording(self)
         await super().process_frame(frame, direction)
