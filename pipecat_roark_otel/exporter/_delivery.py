@@ -90,6 +90,7 @@ class _Next:
 
     when: float | None
     pending: bool
+    backoff: bool = False  # a retry delay: new writes for the call must not cut it short
 
 
 _DONE: Final = _Next(None, False)
@@ -161,6 +162,7 @@ class Delivery:
         self._in_flight: set[str] = set()
         self._redo: set[str] = set()  # touched while in flight: look again at once
         self._attempts: dict[str, int] = {}
+        self._backoff_until: dict[str, float] = {}
         self._put_rejections: dict[tuple[str, int], int] = {}
         self._breaker = CircuitBreaker(self._opts.breaker_threshold, self._opts.breaker_cooldown)
         self._auth_until: float | None = None
@@ -387,6 +389,7 @@ class Delivery:
         self._due.pop(key, None)
         self._pending.discard(key)
         self._attempts.pop(key, None)
+        self._backoff_until.pop(key, None)
 
     def _schedule_locked(self, key: str, when: float, *, pending: bool) -> None:
         if key in self._in_flight:
@@ -396,6 +399,7 @@ class Delivery:
             self._pending.add(key)
         else:
             self._pending.discard(key)
+        when = max(when, self._backoff_until.get(key, when))
         if key in self._due and self._due[key] <= when:
             return
         self._due[key] = when
@@ -464,6 +468,10 @@ class Delivery:
                 self._forget_locked(key)
             else:
                 self._sigs[key] = sig
+                if result.backoff and result.when is not None:
+                    self._backoff_until[key] = result.when
+                else:
+                    self._backoff_until.pop(key, None)
                 if key in self._redo:
                     result = _Next(now, True)
                 when = now + 3600.0 if result.when is None else result.when
@@ -728,7 +736,7 @@ class Delivery:
             base=self._opts.backoff_base,
             cap=self._opts.backoff_cap,
         )
-        return _Next(now + delay, True)
+        return _Next(now + delay, True, backoff=True)
 
     def _segments_on_disk(self, key: str) -> frozenset[int]:
         state = self.outbox.read(key)
