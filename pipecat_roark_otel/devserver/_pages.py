@@ -18,7 +18,13 @@ th{font-weight:600;color:#566173;font-size:.85rem}
 .mono{font-family:ui-monospace,Menlo,monospace;font-size:.85rem}
 .flag{background:#fff1d6;color:#8a5300;border-radius:4px;padding:0 .4rem;margin-right:.3rem}
 .muted{color:#8a94a6}pre{white-space:pre-wrap;word-break:break-word;margin:0}
-a{color:#0b5cad}
+a{color:#0b5cad}code{font-family:ui-monospace,Menlo,monospace;font-size:.85rem}
+.at{white-space:nowrap}.at .muted{font-size:.75rem}.who{font-weight:600}.tool{color:#9a5b00}
+.timeline .mono{white-space:nowrap}
+tr.tool{background:#fffaf0}.lane{width:22%;min-width:120px}
+.track{position:relative;height:10px;background:#eef1f5;border-radius:5px;margin-top:.4rem}
+.bar{position:absolute;top:0;height:10px;border-radius:5px;background:#8a94a6}
+.bar.user{background:#0b5cad}.bar.assistant{background:#7a3db8}.bar.tool{background:#d98a00}
 """
 
 
@@ -88,21 +94,94 @@ def _offsets(turn: dict[str, Any]) -> str:
     return f"{_e(start)}–{_e(end)} ms"
 
 
-def _transcript(turns: list[dict[str, Any]]) -> str:
-    if not turns:
+def _clock(seconds: float) -> str:
+    """Seconds since the call started as ``m:ss.ss``."""
+    sign = "-" if seconds < 0 else ""
+    minutes, secs = divmod(abs(seconds), 60)
+    return f"{sign}{int(minutes)}:{secs:05.2f}"
+
+
+def _when(ts: object, t0: datetime | None) -> str:
+    """Relative time (with the wall clock under it, the raw timestamp on hover)."""
+    at = _parse(ts)
+    if at is None:
+        return f"<td class=mono>{_e(ts)}</td>"
+    rel = _clock((at - t0).total_seconds()) if t0 is not None else ""
+    return (
+        f'<td class="mono at" title="{_e(ts)}">{rel}'
+        f'<div class="muted">{_e(at.strftime("%H:%M:%S.%f")[:-3])} UTC</div></td>'
+    )
+
+
+def _bar(start: object, end: object, t0: datetime | None, span_s: float, cls: str) -> str:
+    """Where the row sits in the call, as a bar on a track (plain CSS percentages)."""
+    a, b = _parse(start), _parse(end) or _parse(start)
+    if t0 is None or a is None or b is None or span_s <= 0:
+        return "<td></td>"
+    left = min(max((a - t0).total_seconds() / span_s, 0.0), 1.0) * 100
+    width = max(min((b - a).total_seconds() / span_s * 100, 100 - left), 0.4)
+    return (
+        f'<td class=lane><div class=track><div class="bar {cls}" '
+        f'style="left:{left:.2f}%;width:{width:.2f}%"></div></div></td>'
+    )
+
+
+def _duration(start: object, end: object) -> str:
+    a, b = _parse(start), _parse(end)
+    return f"{(b - a).total_seconds():.2f} s" if a is not None and b is not None else ""
+
+
+def _timeline(
+    turns: list[dict[str, Any]], tools: list[dict[str, Any]], t0: datetime | None, end: object
+) -> str:
+    """Turns and tool calls in time order: when, who, what, how long, latency."""
+    if not turns and not tools:
         return '<p class="muted">No transcript.</p>'
+    stamps = [_parse(t.get("endTimestamp")) for t in turns] + [_parse(end)]
+    last = max((x for x in stamps if x is not None), default=None)
+    span_s = (last - t0).total_seconds() if last is not None and t0 is not None else 0.0
+    results = {r.get("toolCallId"): r for r in tools if r.get("kind") == "tool_result"}
+    rows: list[tuple[datetime | None, int, str]] = []
+    for i, (t, lat) in enumerate(zip(turns, _latencies(turns), strict=True)):
+        role = _e(t.get("role"))
+        rows.append(
+            (
+                _parse(t.get("timestamp")),
+                i,
+                f'<tr class="turn">{_when(t.get("timestamp"), t0)}'
+                f'<td class="who {role}">{role}</td><td class=text>{_e(t.get("content"))}</td>'
+                f"<td class=mono>{_duration(t.get('timestamp'), t.get('endTimestamp'))}</td>"
+                f"<td class=mono>{_offsets(t)}</td><td class=mono>{lat}</td>"
+                f"{_bar(t.get('timestamp'), t.get('endTimestamp'), t0, span_s, role)}</tr>",
+            )
+        )
+    for j, r in enumerate(tools):
+        if r.get("kind") != "tool_call":
+            continue
+        res = results.get(r.get("toolCallId"))
+        outcome = (
+            f" → <code>{_e(res.get('content'))}</code>"
+            if res
+            else ' <span class="flag">no result</span>'
+        )
+        rows.append(
+            (
+                _parse(r.get("timestamp")),
+                len(turns) + j,
+                f'<tr class="tool">{_when(r.get("timestamp"), t0)}<td class="who tool">tool</td>'
+                f"<td class=text><code>{_e(r.get('name'))}({_e(r.get('arguments'))})</code>"
+                f"{outcome}</td><td></td><td class=mono>{_e(r.get('audioOffsetMs'))}"
+                f"{' ms' if r.get('audioOffsetMs') is not None else ''}</td><td></td>"
+                f"{_bar(r.get('timestamp'), None, t0, span_s, 'tool')}</tr>",
+            )
+        )
+    # Time order; rows without a parseable time keep their place at the end.
+    rows.sort(key=lambda row: (0, row[0].timestamp(), row[1]) if row[0] else (1, 0.0, row[1]))
     head = (
-        "<tr><th>speaker</th><th>text</th><th>timestamp</th><th>endTimestamp</th>"
-        "<th>audio</th><th>latency</th></tr>"
+        "<tr><th>at</th><th>speaker</th><th>text</th><th>duration</th><th>audio</th>"
+        "<th>latency</th><th>timeline</th></tr>"
     )
-    rows = "".join(
-        f'<tr><td class="{_e(t.get("role"))}">{_e(t.get("role"))}</td>'
-        f"<td>{_e(t.get('content'))}</td><td class=mono>{_e(t.get('timestamp'))}</td>"
-        f"<td class=mono>{_e(t.get('endTimestamp'))}</td><td class=mono>{_offsets(t)}</td>"
-        f"<td class=mono>{lat}</td></tr>"
-        for t, lat in zip(turns, _latencies(turns), strict=True)
-    )
-    return f"<table>{head}{rows}</table>"
+    return f"<table class=timeline>{head}{''.join(r[2] for r in rows)}</table>"
 
 
 def _tools(records: list[dict[str, Any]]) -> str:
@@ -167,11 +246,16 @@ def render_call(call: dict[str, Any]) -> str:
         parts.append(f'<p><a href="{_e(url)}">View trace in Jaeger</a></p>')
     if call["wav_path"]:
         src = "/api/calls/" + quote(call_id, safe="") + "/recording.wav"
-        parts.append(f'<h2>Recording</h2><audio controls preload="none" src="{_e(src)}"></audio>')
+        parts.append(
+            f'<h2>Recording</h2><audio controls preload="none" src="{_e(src)}"></audio>'
+            f'<p><a href="{_e(src)}" download>Download WAV</a></p>'
+        )
     if started.get("agentPrompt"):
         parts.append(f"<h2>Agent prompt</h2><pre>{_e(started['agentPrompt'])}</pre>")
-    parts.append("<h2>Transcript</h2>" + _transcript(ended.get("transcript") or []))
-    parts.append("<h2>Tool calls</h2>" + _tools(ended.get("toolCalls") or []))
+    t0 = _parse(ended.get("callStartedAt") or started.get("eventTimestamp"))
+    turns, tools = ended.get("transcript") or [], ended.get("toolCalls") or []
+    parts.append("<h2>Transcript</h2>" + _timeline(turns, tools, t0, ended.get("callEndedAt")))
+    parts.append("<h2>Tool calls</h2>" + _tools(tools))
     return _page(f"Call {call_id}", "".join(parts))
 
 
