@@ -20,16 +20,29 @@ def iso_from_ns(unix_ns: int) -> str:
     return (_EPOCH + timedelta(microseconds=unix_ns // 1000)).isoformat()
 
 
+def _safe_repr(value: object) -> str:
+    try:
+        return repr(value)
+    except Exception:
+        return f"<{type(value).__name__}>"
+
+
+def _compact_json(value: object) -> str | None:
+    """Compact JSON, unknown objects as their repr; None when even that cannot encode."""
+    try:
+        return json.dumps(value, separators=(",", ":"), default=_safe_repr)
+    except (TypeError, ValueError, RecursionError):
+        return None  # non-str keys, a reference cycle
+
+
 def arguments_to_json(value: object) -> str:
     """Contract: a string passes verbatim, None is ``"{}"``, anything else compact JSON."""
     if value is None:
         return "{}"
     if isinstance(value, str):
         return value
-    try:
-        return json.dumps(value, separators=(",", ":"))
-    except (TypeError, ValueError):
-        return json.dumps(value, separators=(",", ":"), default=repr)
+    # Capture rule 10: what cannot encode goes as its repr, still a JSON string.
+    return _compact_json(value) or json.dumps(_safe_repr(value))
 
 
 def result_to_string(value: object) -> str:
@@ -39,14 +52,11 @@ def result_to_string(value: object) -> str:
     if isinstance(value, str):
         return value
     if isinstance(value, (dict, list)):
-        try:
-            return json.dumps(value, separators=(",", ":"))
-        except (TypeError, ValueError):
-            return json.dumps(value, separators=(",", ":"), default=repr)
+        return _compact_json(value) or _safe_repr(value)
     try:
         return str(value)
     except Exception:
-        return repr(value)
+        return _safe_repr(value)
 
 
 def join_chunks(parts: list[tuple[str, bool]]) -> str:
@@ -186,7 +196,7 @@ class CallCapture:
         language: object = None,
     ) -> None:
         """Capture rule 4: every final counts, whatever ``finalized`` says."""
-        if not text.strip():
+        if not isinstance(text, str) or not text.strip():
             return
         user = self._user
         if not user.parts and user.started is None:
@@ -242,7 +252,7 @@ class CallCapture:
         if frame_id in seen:
             return
         seen.add(frame_id)
-        if not text:
+        if not isinstance(text, str) or not text:
             return
         bot = self._bot
         if (played and not bot.played) or (not bot.played and not bot.generated):
