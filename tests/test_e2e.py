@@ -153,3 +153,18 @@ async def test_one_id_everywhere(
         assert span.context.trace_id == conversation.context.trace_id
         assert span.attributes["conversation.id"] == expected
     assert observer.trace_id == format(conversation.context.trace_id, "032x")
+
+
+async def test_call_ended_before_it_started_sends_only_call_ended(
+    exporter: RoarkSpanExporter, roark: LocalRoark, otel: Otel
+) -> None:
+    """The reference's wire output: no call-started, callStartedAt null."""
+    observer = RoarkObserver(agent_id="a", conversation_id="never-started")
+    await observer.aflush(reason="client-disconnected")
+    assert exporter.force_flush(10_000)
+    call = roark.wait_for_call_ended("never-started", timeout=10)
+    assert call["started"] is None
+    ended = call["ended"]
+    assert ended["callStartedAt"] is None
+    assert ended["callEndedReason"] == "client-disconnected"
+    assert "transcript" not in ended and "recordingSampleRate" not in ended

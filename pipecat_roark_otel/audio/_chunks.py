@@ -8,7 +8,15 @@ from .. import _errors
 
 
 class ChunkTarget(Protocol):
-    def submit_chunk(self, call_id: str, index: int, pcm: bytes) -> bool: ...
+    def submit_chunk(
+        self,
+        call_id: str,
+        index: int,
+        pcm: bytes,
+        *,
+        sample_rate: int | None = None,
+        num_channels: int | None = None,
+    ) -> bool: ...
 
 
 class ChunkSink:
@@ -41,7 +49,14 @@ class ChunkSink:
             self.failures += 1
             _errors.count_drop("audio_no_exporter")
             return
-        if not self.target.submit_chunk(self.call_id, self.chunks, bytes(audio)):
+        accepted = self.target.submit_chunk(
+            self.call_id,
+            self.chunks,
+            bytes(audio),
+            sample_rate=sample_rate,
+            num_channels=num_channels,
+        )
+        if not accepted:
             self.failures += 1
             _errors.count_drop("audio_handoff_full")
             if _errors.should_log("audio_handoff_full"):

@@ -522,16 +522,16 @@ class Delivery:
     def _past_deadline(self) -> bool:
         return self._deadline is not None and time.monotonic() >= self._deadline
 
-    def _end_counts(self, key: str, state: CallState) -> tuple[int, int] | None:
+    def _end_counts(self, key: str, state: CallState) -> tuple[int, int, bool] | None:
         if not state.end:
             return None
         try:
             end = self.outbox.load_json(key, ENDED)
-            return int(end["segments"]), int(end["chunks"])
+            return int(end["segments"]), int(end["chunks"]), bool(end.get("started", True))
         except FileNotFoundError:
             return None
         except (*_INVALID, OSError):
-            return (0, 0)  # a broken end record: the ended step dead-letters it
+            return (0, 0, True)  # a broken end record: the ended step dead-letters it
 
     def _call_id(self, key: str, state: CallState) -> str | None:
         if state.call_id:

@@ -31,27 +31,46 @@ SEND_STARTED = Action("started")
 
 
 def plan(
-    state: CallState, end: tuple[int, int] | None, now: float, *, grace: float, orphan: float
+    state: CallState,
+    end: tuple[int, int, bool] | None,
+    now: float,
+    *,
+    grace: float,
+    orphan: float,
 ) -> Action:
-    """``end`` is the end record's ``(segments, chunks)`` counts when ``state.end``."""
+    """``end`` is the end record's ``(segments, chunks, announced)`` when ``state.end``.
+
+    A call that ended before it started (``announced`` False) never has a call-started.
+    """
     if state.done(ENDED):
         return COMPLETE
     idle_deadline = state.last_activity + orphan
     if not state.done(STARTED):
         if state.started:
             return SEND_STARTED
+        if end is not None and not end[2]:
+            return _after_started(state, end, now, grace)
         # Chunks and the end wait for call-started (the span processor may hold it 5 s).
         if now >= idle_deadline:
             return Action("dead_orphan")
         return Action("wait", until=idle_deadline)
-    waiting = sorted(i for i in state.chunks if not state.done(chunk_item(i)))
-    if waiting:
-        return Action("chunk", index=waiting[0])
     if not state.end or end is None:
+        waiting = sorted(i for i in state.chunks if not state.done(chunk_item(i)))
+        if waiting:
+            return Action("chunk", index=waiting[0])
         if now >= idle_deadline:
             return Action("orphan")
         return Action("wait", until=idle_deadline)
-    segments, chunks = end
+    return _after_started(state, end, now, grace)
+
+
+def _after_started(
+    state: CallState, end: tuple[int, int, bool], now: float, grace: float
+) -> Action:
+    waiting = sorted(i for i in state.chunks if not state.done(chunk_item(i)))
+    if waiting:
+        return Action("chunk", index=waiting[0])
+    segments, chunks, _ = end
     missing_segments = tuple(i for i in range(segments) if i not in state.segments)
     missing_chunks = tuple(i for i in range(chunks) if not state.done(chunk_item(i)))
     if not missing_segments and not missing_chunks:
