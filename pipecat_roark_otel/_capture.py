@@ -7,7 +7,8 @@ frame's push timestamp so observer-queue lag never skews a turn.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from typing import Literal
 
@@ -114,6 +115,17 @@ class ToolResult:
 
 
 Record = Turn | ToolCall | ToolResult
+
+Redactor = Callable[[str], str]
+
+
+def redacted(record: Record, redact: Redactor) -> Record:
+    """The record with its content passed through the user's redaction hook."""
+    if isinstance(record, Turn):
+        return replace(record, content=redact(record.content))
+    if isinstance(record, ToolCall):
+        return replace(record, arguments=redact(record.arguments))
+    return replace(record, content=redact(record.content))
 
 
 @dataclass(slots=True)

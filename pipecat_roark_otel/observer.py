@@ -38,7 +38,7 @@ from pipecat.utils.asyncio.task_manager import BaseTaskManager
 
 from . import _compat, _errors
 from . import semconv as sc
-from ._capture import CallCapture, Record, iso_from_ns
+from ._capture import CallCapture, Record, Redactor, iso_from_ns, redacted
 from ._identity import initial_call_id
 from ._record import CallIdentity, CallRecord
 from ._version import __version__
@@ -105,6 +105,7 @@ class RoarkObserver(BaseObserver):
         runner_args: object = None,
         tracer_provider: TracerProvider | None = None,
         audio_buffer_processor: AudioBufferProcessor | None = None,
+        redact: Redactor | None = None,
     ) -> None:
         # Capture rules 3 and 7: every push, so the output transport's release is seen.
         super().__init__()
@@ -127,6 +128,7 @@ class RoarkObserver(BaseObserver):
         self._chunks = ChunkSink()
         self.audio_processor.add_event_handler("on_audio_data", self._chunks.on_audio_data)
 
+        self._redact = redact
         self._capture = CallCapture()
         self._record: CallRecord | None = None
         self._pending: list[Record] = []
@@ -321,10 +323,25 @@ class RoarkObserver(BaseObserver):
     # -- the record -----------------------------------------------------------
 
     def _emit(self, records: list[Record]) -> None:
+        if self._redact is not None:
+            records = self._redacted(records)
         if self._record is None:
             self._pending.extend(records)
         else:
             self._record.add(records)
+
+    def _redacted(self, records: list[Record]) -> list[Record]:
+        assert self._redact is not None
+        out = []
+        for record in records:
+            try:
+                out.append(redacted(record, self._redact))
+            except Exception:
+                # Never record unredacted content: a failing hook drops the record.
+                _errors.count_drop("redact_failed")
+                if _errors.should_log("redact_failed"):
+                    _errors.logger.exception("redact hook failed; the record was dropped")
+        return out
 
     def _sync_identity(self, processor: Any) -> None:
         worker = _compat.pipeline_worker(processor)

@@ -3,5 +3,6 @@
 from __future__ import annotations
 
 from ._exporter import RoarkSpanExporter
+from ._filtering import ContentFilteringSpanExporter
 
-__all__ = ["RoarkSpanExporter"]
+__all__ = ["ContentFilteringSpanExporter", "RoarkSpanExporter"]
