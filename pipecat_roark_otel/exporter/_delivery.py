@@ -773,7 +773,8 @@ class Delivery:
             )
             self._auth_attempts += 1
             until = self._auth_until
-        if first or _errors.should_log("roark_auth_rejected", interval=600.0):
+        # Always consult the limiter, so the first line of an episode also starts its interval.
+        if _errors.should_log("roark_auth_rejected", interval=600.0) or first:
             logger.error(
                 "Roark rejected the API key (HTTP %s): invalid or revoked key; "
                 "keeping %d items on disk",
