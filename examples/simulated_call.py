@@ -20,6 +20,7 @@ import os
 import sys
 from contextlib import ExitStack, suppress
 from pathlib import Path
+from urllib.parse import quote
 
 import httpx
 from loguru import logger as pipecat_logger
@@ -52,7 +53,7 @@ def _link_trace(base_url: str, call_id: str, trace_id: str) -> None:
     """Tell a local Roark the call's trace, so its page links to Jaeger."""
     with suppress(httpx.HTTPError):
         httpx.post(
-            f"{base_url}/_dev/calls/{call_id}/trace",
+            f"{base_url}/_dev/calls/{quote(call_id, safe='')}/trace",
             json={"traceId": trace_id, "jaegerUrl": JAEGER_URL},
             timeout=5,
         )

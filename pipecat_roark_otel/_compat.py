@@ -39,10 +39,15 @@ def clock_offset_ns(processor: object) -> int | None:
 
 
 def pipeline_worker(processor: FrameProcessor) -> Any | None:
-    try:
-        return processor.pipeline_worker
-    except Exception:
-        return None
+    """The PipelineWorker (PipelineTask before 1.3) running a processor."""
+    for name in ("pipeline_worker", "pipeline_task"):
+        try:
+            worker = getattr(processor, name, None)
+        except Exception:
+            continue
+        if worker is not None:
+            return worker
+    return None
 
 
 def start_frame_sample_rate(frame: StartFrame) -> int | None:
@@ -51,14 +56,29 @@ def start_frame_sample_rate(frame: StartFrame) -> int | None:
     return int(value) if isinstance(value, int) and value > 0 else None
 
 
-class PipecatTracing:
-    """The conversation id and span context of Pipecat's own tracing for one worker."""
+def start_frame_tracing_context(frame: StartFrame) -> Any:
+    # Deprecated field since 1.8; the only way in before workers were reachable.
+    return object.__getattribute__(frame, "tracing_context")
 
-    def __init__(self, worker: Any) -> None:
+
+class PipecatTracing:
+    """The conversation id and span context of Pipecat's own tracing for one pipeline.
+
+    With the worker (Pipecat >= 1.10) we can give Pipecat our id; with only the
+    StartFrame's tracing context we can read Pipecat's id and span, not set them.
+    """
+
+    def __init__(self, worker: Any = None, context: Any = None) -> None:
         self._worker: Any = worker
         self._observer: Any = getattr(worker, "turn_trace_observer", None)
-        self._context: Any = getattr(worker, "_tracing_context", None)
-        self.enabled = self._observer is not None and self._context is not None
+        self._context: Any = getattr(worker, "_tracing_context", None) or context
+        self.enabled = self._context is not None
+        self.can_set_id = self._observer is not None and self._context is not None
+
+    def pipecat_conversation_id(self) -> str | None:
+        """The id on Pipecat's conversation span, once it started."""
+        value = getattr(self._context, "conversation_id", None)
+        return value if isinstance(value, str) and value else None
 
     def task_conversation_id(self) -> str | None:
         """The id given to ``PipelineTask(conversation_id=...)``, if any."""
@@ -71,7 +91,7 @@ class PipecatTracing:
         Runs before Pipecat starts its conversation span (processor setup precedes
         the StartFrame). If it lost that race, Pipecat's span is re-labelled.
         """
-        if not self.enabled:
+        if not self.can_set_id:
             return conversation_id
         started = getattr(self._observer, "_conversation_span", None)
         if started is None:

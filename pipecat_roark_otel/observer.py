@@ -6,7 +6,7 @@ import asyncio
 import threading
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
@@ -32,7 +32,7 @@ from pipecat.frames.frames import (
     UserStartedSpeakingFrame,
     UserStoppedSpeakingFrame,
 )
-from pipecat.observers.base_observer import BaseObserver, FramePushed, ProcessorSetUp
+from pipecat.observers.base_observer import BaseObserver, FramePushed
 from pipecat.processors.audio.audio_buffer_processor import AudioBufferProcessor
 from pipecat.utils.asyncio.task_manager import BaseTaskManager
 
@@ -46,6 +46,10 @@ from .audio._chunks import ChunkSink
 from .audio._recorder import RoarkAudioRecorder
 from .config import RoarkSettings, resolve_settings
 from .exporter._exporter import RoarkSpanExporter, active_exporter
+
+if TYPE_CHECKING:
+    # Pipecat >= 1.10 only; older releases never call on_processor_setup.
+    from pipecat.observers.base_observer import ProcessorSetUp
 
 # Capture rule 14: how long call-ended waits for the recording's last handlers.
 AUDIO_HANDLER_TIMEOUT_S = 10.0
@@ -249,6 +253,10 @@ class RoarkObserver(BaseObserver):
             self._clock_offset = _compat.clock_offset_ns(data.source)
         if not self._identity_synced:
             self._sync_identity(data.source)
+        if not self._tracing.enabled and isinstance(data.frame, StartFrame):
+            self._tracing = _compat.PipecatTracing(
+                context=_compat.start_frame_tracing_context(data.frame)
+            )
         if _compat.is_output_transport(data.source):
             self._capture.has_output_transport = True
 
@@ -360,6 +368,21 @@ class RoarkObserver(BaseObserver):
             )
         self._conversation_id = self._tracing.adopt_conversation_id(self._conversation_id)
 
+    def _follow_pipecat_id(self) -> None:
+        """Where we could not give Pipecat our id (older Pipecat), take or report its id."""
+        pipecat_id = self._tracing.pipecat_conversation_id()
+        if pipecat_id is None or pipecat_id == self._conversation_id:
+            return
+        if not self._id_is_explicit:
+            self._conversation_id = pipecat_id
+        elif _errors.should_log("id_mismatch"):
+            _errors.logger.warning(
+                "Pipecat's conversation span has conversation.id %s but the call id is %s: "
+                "pass the same id to PipelineTask(conversation_id=...) on this Pipecat version",
+                pipecat_id,
+                self._conversation_id,
+            )
+
     def _provider(self) -> TracerProvider:
         if self._tracer_provider is not None:
             return self._tracer_provider
@@ -381,6 +404,7 @@ class RoarkObserver(BaseObserver):
         parent = await self._tracing.wait_for_conversation_context() if started else None
         if parent is None:
             parent = self._tracing.conversation_context()
+        self._follow_pipecat_id()
         provider = self._provider()
         exporter = active_exporter()
         if (
@@ -417,8 +441,8 @@ class RoarkObserver(BaseObserver):
     async def _finish(self, reason: str, now_ns: int) -> None:
         with _errors.guard("call end"):
             self._emit(self._capture.flush_all(now_ns))
-            await self._close_recording()
             await self._open(started=False)
+            await self._close_recording()
             assert self._record is not None
             attrs: dict[str, AttributeValue] = {
                 sc.CALL_ENDED_REASON: reason,
@@ -455,4 +479,4 @@ class RoarkObserver(BaseObserver):
                 AUDIO_HANDLER_TIMEOUT_S,
                 self._conversation_id,
             )
-        self._chunks.closed = True
+        self._chunks.close()

@@ -31,10 +31,23 @@ class ChunkSink:
         self.sample_rate: int | None = None
         self.num_channels: int | None = None
         self.closed = False
+        # Chunks that came before the call was opened; handed over on attach.
+        self._early: list[tuple[bytes, int, int]] = []
 
     def attach(self, target: ChunkTarget | None, call_id: str) -> None:
         self.target = target
         self.call_id = call_id
+        early, self._early = self._early, []
+        for audio, sample_rate, num_channels in early:
+            self.add(audio, sample_rate, num_channels)
+
+    def close(self) -> None:
+        """No more chunks: anything still waiting for the call to open is lost, and counted."""
+        self.closed = True
+        if self._early:
+            self.failures += len(self._early)
+            _errors.count_drop("audio_no_call", len(self._early))
+            self._early = []
 
     async def on_audio_data(
         self, _processor: object, audio: bytes, sample_rate: int, num_channels: int
@@ -45,7 +58,10 @@ class ChunkSink:
     def add(self, audio: bytes, sample_rate: int, num_channels: int) -> None:
         if self.closed or not audio:
             return
-        if self.target is None or self.call_id is None:
+        if self.call_id is None:
+            self._early.append((bytes(audio), sample_rate, num_channels))
+            return
+        if self.target is None:
             self.failures += 1
             _errors.count_drop("audio_no_exporter")
             return
