@@ -1,0 +1,217 @@
+"""export() latency of a finished long call, and delivery throughput to a local Roark.
+
+    python -m bench.export [--quick] [--turns 500] [--calls 30] [--deliver 1000]
+
+The spans come from a real call: a scripted PipelineTask through our observer into an
+in-memory exporter, then cloned under fresh call ids. The local Roark runs in its own
+process (``python -m pipecat_roark_otel.devserver``), so its CPU is not ours.
+``export()`` returns once the records are written to the spool (atomic rename, no fsync).
+Default: about 1 minute.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from pipecat_roark_otel import semconv as sc
+
+from . import _pipeline as p
+
+TARGET_CALLS_PER_S = 500.0
+
+
+def record_call(turns: int) -> list[ReadableSpan]:
+    """Our spans for a finished call of ``turns`` turns (no audio)."""
+    from pipecat_roark_otel import RoarkObserver
+
+    memory = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+
+    def make() -> tuple[Any, Any]:
+        obs = RoarkObserver(
+            agent_id="bench-agent", conversation_id="template", tracer_provider=provider
+        )
+        return obs, None
+
+    shape = p.CallShape(seconds=turns * 10.0, audio=False)
+    asyncio.run(p.run_call("custom", shape, make=make))
+    return [s for s in memory.get_finished_spans() if s.name.startswith("roark.")]
+
+
+def clone(spans: Sequence[ReadableSpan], call_id: str) -> list[ReadableSpan]:
+    ids = {sc.CONVERSATION_ID: call_id, sc.GEN_AI_CONVERSATION_ID: call_id}
+    return [
+        ReadableSpan(
+            name=s.name,
+            context=s.context,
+            parent=s.parent,
+            resource=s.resource,
+            attributes={**(s.attributes or {}), **ids},
+            events=s.events,
+            links=s.links,
+            kind=s.kind,
+            status=s.status,
+            start_time=s.start_time,
+            end_time=s.end_time,
+            instrumentation_scope=s.instrumentation_scope,
+        )
+        for s in spans
+    ]
+
+
+@contextmanager
+def local_roark(data_dir: Path) -> Iterator[str]:
+    cmd = [sys.executable, "-m", "pipecat_roark_otel.devserver", "--port", "0"]
+    cmd += ["--data-dir", str(data_dir), "--api-key", p.BENCH_KEY]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        m = re.search(r"(http://\S+)", line)
+        if m is None:
+            raise RuntimeError(f"local Roark did not start: {line!r}")
+        yield m.group(1)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def _exporter(base_url: str, spool: Path) -> Any:
+    from pipecat_roark_otel.exporter import RoarkSpanExporter
+
+    return RoarkSpanExporter(api_key=p.BENCH_KEY, base_url=base_url, spool_dir=spool)
+
+
+def export_latency(base_url: str, spans: list[ReadableSpan], calls: int, tmp: Path) -> Any:
+    exporter = _exporter(base_url, tmp / "spool-latency")
+    final = [s for s in spans if s.name == sc.SPAN_CALL]
+    segments = [s for s in spans if s.name == sc.SPAN_CALL_SEGMENT]
+    whole_ms, last_ms = [], []
+    for i in range(calls + 2):
+        a = clone(spans, f"whole-{i}-{uuid.uuid4()}")
+        b = clone(segments[-1:] + final, f"last-{i}-{uuid.uuid4()}")
+        t = time.perf_counter()
+        exporter.export(a)
+        t1 = time.perf_counter()
+        exporter.export(b)
+        t2 = time.perf_counter()
+        if i >= 2:  # the first two warm the spool and the translators
+            whole_ms.append((t1 - t) * 1e3)
+            last_ms.append((t2 - t1) * 1e3)
+    exporter.force_flush(30_000)
+    exporter.shutdown()
+    return {
+        "spans_per_call": len(spans),
+        "segments_per_call": len(segments),
+        "whole_call": {"median_ms": p.median(whole_ms), "p99_ms": p.percentile(whole_ms, 99)},
+        "last_batch": {"median_ms": p.median(last_ms), "p99_ms": p.percentile(last_ms, 99)},
+    }
+
+
+def throughput(base_url: str, spans: list[ReadableSpan], calls: int, tmp: Path) -> Any:
+    batches = [clone(spans, f"tput-{i}-{uuid.uuid4()}") for i in range(calls)]
+    exporter = _exporter(base_url, tmp / "spool-throughput")
+    before = exporter.engine.stats().get("calls_completed", 0)
+    t0 = time.perf_counter()
+    for batch in batches:
+        exporter.export(batch)
+    t_export = time.perf_counter() - t0
+    flushed = exporter.force_flush(120_000)
+    elapsed = time.perf_counter() - t0
+    stats = exporter.engine.stats()
+    exporter.shutdown()
+    delivered = stats.get("calls_completed", 0) - before
+    return {
+        "calls": calls,
+        "spans_per_call": len(spans),
+        "export_s": t_export,
+        "elapsed_s": elapsed,
+        "flushed": flushed,
+        "delivered": delivered,
+        "calls_per_s": delivered / elapsed if elapsed else 0.0,
+        "stats": stats,
+    }
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(prog="python -m bench.export", description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="20 turns, 5 calls, 20 delivered")
+    ap.add_argument("--turns", type=int, default=500, help="turns in the exported call")
+    ap.add_argument("--calls", type=int, default=30, help="exports timed (distinct call ids)")
+    ap.add_argument("--deliver", type=int, default=1000, help="calls for the throughput run")
+    ap.add_argument("--deliver-turns", type=int, default=18, help="turns per delivered call")
+    ap.add_argument("--out", default="export", help="results file name under bench/results/")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.turns, args.calls, args.deliver, args.deliver_turns = 20, 5, 20, 4
+    p.quiet_logs()
+    t0 = time.monotonic()
+    long_call = record_call(args.turns)
+    short_call = record_call(args.deliver_turns)
+    with tempfile.TemporaryDirectory(prefix="roark-bench-export-") as d:
+        tmp = Path(d)
+        with local_roark(tmp / "roark") as url:
+            lat = export_latency(url, long_call, args.calls, tmp)
+            tput = throughput(url, short_call, args.deliver, tmp)
+    print(
+        f"export() of a finished {args.turns}-turn call ({lat['spans_per_call']} spans), "
+        f"{args.calls} calls"
+    )
+    print(
+        p.table(
+            ["batch", "median ms", "p99 ms"],
+            [
+                [
+                    "whole call in one export()",
+                    lat["whole_call"]["median_ms"],
+                    lat["whole_call"]["p99_ms"],
+                ],
+                [
+                    "last segment + call span",
+                    lat["last_batch"]["median_ms"],
+                    lat["last_batch"]["p99_ms"],
+                ],
+            ],
+        )
+    )
+    ok = "meets" if tput["calls_per_s"] >= TARGET_CALLS_PER_S else "misses"
+    print(
+        f"delivery: {tput['delivered']}/{tput['calls']} calls of {args.deliver_turns} turns in "
+        f"{tput['elapsed_s']:.2f} s (export {tput['export_s']:.2f} s): "
+        f"{tput['calls_per_s']:.0f} calls/s ({ok} >= {TARGET_CALLS_PER_S:g})"
+    )
+    elapsed = time.monotonic() - t0
+    print(f"({elapsed:.0f} s)")
+    doc = {
+        "bench": "export",
+        "machine": p.machine(),
+        "turns": args.turns,
+        "elapsed_s": elapsed,
+        "latency": lat,
+        "throughput": tput,
+    }
+    path = p.results_path(args.out)
+    path.write_text(json.dumps(doc, indent=2, default=str))
+    print(f"wrote {path}")
+    return doc
+
+
+if __name__ == "__main__":
+    main()

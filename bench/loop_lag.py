@@ -1,0 +1,126 @@
+"""Event-loop lag over a call paced in real time (sped up), with and without observers.
+
+    python -m bench.loop_lag [--quick] [--seconds 120] [--speed 10] [--runs 3]
+
+A 1 ms ticker runs beside one call; lag is how late each tick wakes. The call is paced
+(``speed`` x real time) so the loop is mostly idle and only blocking work shows; the
+window includes the call's end (EndFrame, span export, recorder flush). Interleaved
+runs; worst and median-of-max reported. Default: about 2 minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+from typing import Any
+
+from . import _pipeline as p
+
+TARGET_MS = 2.0
+TICK = 0.001
+
+
+async def _lagged(variant: str, shape: p.CallShape, speed: float) -> list[float]:
+    lags: list[float] = []
+    stop = asyncio.Event()
+
+    async def ticker() -> None:
+        while not stop.is_set():
+            t = time.perf_counter()
+            await asyncio.sleep(TICK)
+            lags.append(max(0.0, time.perf_counter() - t - TICK))
+
+    tick = asyncio.ensure_future(ticker())
+    await p.run_call(variant, shape, speed=speed)
+    stop.set()
+    await tick
+    return lags
+
+
+async def measure(names: list[str], shape: p.CallShape, speed: float, runs: int) -> Any:
+    for name in names:  # warm-up: imports, first exporter, soxr
+        await _lagged(name, p.CallShape(seconds=4.0), speed * 2)
+    out: dict[str, list[list[float]]] = {n: [] for n in names}
+    for _ in range(runs):
+        for name in names:
+            out[name].append(await _lagged(name, shape, speed))
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(
+        prog="python -m bench.loop_lag", description=__doc__.split("\n")[0]
+    )
+    ap.add_argument("--quick", action="store_true", help="4 s calls at 20x, 1 run (a smoke run)")
+    ap.add_argument("--seconds", type=float, default=120.0, help="call length (default 120)")
+    ap.add_argument("--speed", type=float, default=10.0, help="times real time (default 10)")
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument(
+        "--variants", default=None, help="default none,noop,incumbent,ours,ours+tracing"
+    )
+    ap.add_argument("--out", default="loop_lag", help="results file name under bench/results/")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.seconds, args.speed, args.runs = min(args.seconds, 4.0), 20.0, 1
+    p.quiet_logs()
+    names = (
+        args.variants.split(",")
+        if args.variants
+        else ["none", "noop", "incumbent", "ours", "ours+tracing"]
+    )
+    if not p.has_incumbent():
+        names = [n for n in names if not n.startswith("incumbent")]
+    t0 = time.monotonic()
+    raw = asyncio.run(measure(names, p.CallShape(seconds=args.seconds), args.speed, args.runs))
+    per: dict[str, Any] = {}
+    for name, runs in raw.items():
+        maxes = [max(r, default=0.0) * 1e3 for r in runs]
+        allv = [v * 1e3 for r in runs for v in r]
+        per[name] = {
+            "ticks": len(allv),
+            "worst_ms": max(maxes),
+            "median_max_ms": p.median(maxes),
+            "p99_ms": p.percentile(allv, 99),
+            "p999_ms": p.percentile(allv, 99.9),
+            "over_2ms": sum(1 for v in allv if v > TARGET_MS),
+        }
+    rows = [
+        [n, r["ticks"], r["p99_ms"], r["p999_ms"], r["median_max_ms"], r["worst_ms"], r["over_2ms"]]
+        for n, r in per.items()
+    ]
+    print(f"loop lag, {args.seconds:g} s call at {args.speed:g}x, {args.runs} interleaved runs")
+    print(
+        p.table(
+            [
+                "variant",
+                "ticks",
+                "p99 ms",
+                "p99.9 ms",
+                "median max",
+                "worst ms",
+                f"> {TARGET_MS:g} ms",
+            ],
+            rows,
+        )
+    )
+    elapsed = time.monotonic() - t0
+    print(f"({elapsed:.0f} s)")
+    doc = {
+        "bench": "loop_lag",
+        "machine": p.machine(),
+        "seconds": args.seconds,
+        "speed": args.speed,
+        "runs": args.runs,
+        "elapsed_s": elapsed,
+        "results": per,
+    }
+    path = p.results_path(args.out)
+    path.write_text(json.dumps(doc, indent=2))
+    print(f"wrote {path}")
+    return doc
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,50 @@
+"""Each bench script runs end to end at tiny sizes (our side only), so they don't rot."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("pipecat_roark", reason="bench extra not installed: pip install -e '.[bench]'")
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _run(module: str, *args: str) -> dict:
+    name = f"smoke-{module}"
+    cmd = [sys.executable, "-m", f"bench.{module}", "--quick", "--out", name, *args]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads((ROOT / "bench" / "results" / f"{name}.json").read_text())
+
+
+def test_overhead() -> None:
+    doc = _run("overhead", "--variants", "none,noop,ours")
+    ours = doc["results"]["ours"]
+    assert ours["frames"] > 500
+    assert ours["us_per_frame"] > 0
+    assert ours["ratio_to_noop_extra"] is not None
+
+
+def test_memory() -> None:
+    doc = _run("memory", "--variants", "noop,ours")
+    (ours,) = [r for r in doc["rows"] if r["variant"] == "ours"]
+    assert ours["calls"] == 5
+    assert ours["frames"] > 0
+    assert ours["census_midway"]["threads"] >= 1
+
+
+def test_loop_lag() -> None:
+    doc = _run("loop_lag", "--variants", "none,ours")
+    assert doc["results"]["ours"]["ticks"] > 0
+
+
+def test_export() -> None:
+    doc = _run("export")
+    assert doc["throughput"]["flushed"]
+    assert doc["throughput"]["delivered"] == doc["throughput"]["calls"]
+    assert doc["latency"]["whole_call"]["median_ms"] > 0
