@@ -366,5 +366,10 @@ async def run_simulated_call(
         enable_tracing=enable_tracing,
         conversation_id=conversation_id,
     )
-    await PipelineRunner(handle_sigint=False).run(task)
+    runner = PipelineRunner(handle_sigint=False)
+    if hasattr(runner, "add_workers"):  # Pipecat >= 1.3: PipelineRunner is a WorkerRunner
+        await runner.add_workers(task)
+        await runner.run()
+    else:
+        await runner.run(task)
     return call
