@@ -194,6 +194,7 @@ class RoarkObserver(BaseObserver):
             await self._open(started=True)
 
     async def on_push_frame(self, data: FramePushed) -> None:
+        # Hot path: most pushes (audio, once anchored) end at this one dict lookup.
         cls = type(data.frame)
         try:
             handler = self._dispatch[cls]
@@ -209,8 +210,9 @@ class RoarkObserver(BaseObserver):
     # -- dispatch -------------------------------------------------------------
 
     def _handler_for(self, cls: type) -> Handler | None:
-        table: list[tuple[type | tuple[type, ...], Handler]] = [
-            ((InputAudioRawFrame, OutputAudioRawFrame), self._on_audio),
+        audio = None if self._capture.anchor_ns is not None else self._on_audio
+        table: list[tuple[type | tuple[type, ...], Handler | None]] = [
+            ((InputAudioRawFrame, OutputAudioRawFrame), audio),
             (TTSTextFrame, self._on_tts_text),
             (StartFrame, self._on_start),
             ((EndFrame, StopFrame, CancelFrame), self._on_end_frame),
@@ -247,6 +249,10 @@ class RoarkObserver(BaseObserver):
             and _compat.is_recording(self.audio_processor)
         ):
             self._capture.anchor_ns = self._now(data)
+            # Anchored: audio frames need nothing more from us.
+            for cls, handler in self._dispatch.items():
+                if handler == self._on_audio:
+                    self._dispatch[cls] = None
 
     def _on_start(self, data: FramePushed) -> None:
         if self._clock_offset is None:
