@@ -37,6 +37,13 @@ def should_log(key: str, *, interval: float = _LOG_INTERVAL_S) -> bool:
         return True
 
 
+def reset() -> None:
+    """Forget rate limits and counts (tests start each case clean)."""
+    with _lock:
+        _last_logged.clear()
+        dropped.clear()
+
+
 def count_drop(reason: str, n: int = 1) -> None:
     with _lock:
         dropped[reason] += n

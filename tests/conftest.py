@@ -77,6 +77,7 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None
             monkeypatch.delenv(name, raising=False)
     # Nothing a test does may spool into the real user cache.
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
+    _errors.reset()
     yield
 
 
@@ -101,3 +102,4 @@ def exporter(roark: LocalRoark, otel: Otel, tmp_path: Path) -> Iterator[RoarkSpa
     )
     otel.add(SimpleSpanProcessor(exp))
     yield exp
+    exp.shutdown()
