@@ -56,7 +56,7 @@ def _call_spans(call_id: str, *, turns: int, tools: int) -> list[ReadableSpan]:
             t = T0 + seq * 1_000_000_000 + 1
             record.add(
                 [
-                    ToolCall(seq + 1, f"tc{i}", "lookup", '{"i":%d}' % i, t, None),
+                    ToolCall(seq + 1, f"tc{i}", "lookup", f'{{"i":{i}}}', t, None),
                     ToolResult(seq + 2, f"tc{i}", f"ok {i}", t + 1, None),
                 ]
             )
