@@ -146,6 +146,9 @@ class Delivery:
         # _lock guards every field below; nothing does I/O while holding it. Three
         # conditions share it so a wake-up reaches only the threads it concerns.
         self._lock = threading.Lock()
+        # Held while hand-off items are written: whoever holds it knows no write is half done.
+        # Taken before _lock, never while holding it.
+        self._persist_lock = threading.Lock()
         self._wake = threading.Condition(self._lock)  # the scheduler waits here
         self._work_cv = threading.Condition(self._lock)  # workers wait for ready calls
         self._idle_cv = threading.Condition(self._lock)  # force_flush waits here
@@ -340,11 +343,31 @@ class Delivery:
                 if timeout > 0:
                     self._wake.wait(timeout)
 
+    def persist_call(self, call_id: str) -> None:
+        """Write the call's handed-over audio to disk now, on the caller's thread.
+
+        Called before its end record is written: call-ended on disk must imply its audio is
+        too, or a process killed right after would leave a call whose chunks never arrive.
+        """
+        with self._persist_lock:
+            with self._lock:
+                mine = [h for h in self._handoff if h.call_id == call_id]
+                if not mine:
+                    return
+                self._handoff = deque(h for h in self._handoff if h.call_id != call_id)
+            for item in mine:
+                self._write_handoff(item)
+
     def _persist_one(self) -> bool:
-        with self._lock:
-            if not self._handoff:
-                return False
-            item = self._handoff.popleft()
+        with self._persist_lock:
+            with self._lock:
+                if not self._handoff:
+                    return False
+                item = self._handoff.popleft()
+            self._write_handoff(item)
+        return True
+
+    def _write_handoff(self, item: _Handoff) -> None:
         try:
             self.outbox.put_chunk(
                 item.call_id,
@@ -361,7 +384,6 @@ class Delivery:
             with self._lock:
                 self._handoff_bytes -= len(item.pcm)
                 self._mark_dirty_locked(call_key(item.call_id))
-        return True
 
     def _mark_dirty_locked(self, key: str) -> None:
         self._dirty.add(key)

@@ -66,6 +66,7 @@ class Engine:
         self.delivery.notify(call_key(call_id))
 
     def put_end(self, call_id: str, end: dict[str, Any]) -> None:
+        self.delivery.persist_call(call_id)  # its audio is durable before its end is
         self.outbox.put_end(call_id, end)
         self.delivery.notify(call_key(call_id))
 
