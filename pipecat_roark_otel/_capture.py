@@ -164,7 +164,8 @@ class CallCapture:
     def __init__(self) -> None:
         self.anchor_ns: int | None = None
         self.has_output_transport = False
-        self.first_speaker: Role | None = None
+        # (onset, role) of the earliest turn: who spoke first, whatever order turns close in.
+        self._first: tuple[int, Role] | None = None
         self._seq = 0
         self._user = _UserTurn()
         self._bot = _BotTurn()
@@ -181,6 +182,14 @@ class CallCapture:
         if self.anchor_ns is None or ns is None:
             return None
         return max(0, round((ns - self.anchor_ns) / 1_000_000))
+
+    @property
+    def first_speaker(self) -> Role | None:
+        return self._first[1] if self._first else None
+
+    def _spoke(self, role: Role, onset_ns: int) -> None:
+        if self._first is None or onset_ns < self._first[0]:
+            self._first = (onset_ns, role)
 
     def _next_seq(self) -> int:
         self._seq += 1
@@ -235,7 +244,7 @@ class CallCapture:
         started = user.started or _edge(now)
         stopped = user.stopped or _edge(now)
         self._last_user_stop_ns = stopped.ns
-        self.first_speaker = self.first_speaker or "user"
+        self._spoke("user", started.ns)
         return [
             Turn(
                 seq=self._next_seq(),
@@ -292,7 +301,7 @@ class CallCapture:
         if self._last_user_stop_ns is not None and started.ns >= self._last_user_stop_ns:
             latency_ms = round((started.ns - self._last_user_stop_ns) / 1_000_000)
         self._last_user_stop_ns = None
-        self.first_speaker = self.first_speaker or "assistant"
+        self._spoke("assistant", started.ns)
         return [
             Turn(
                 seq=self._next_seq(),

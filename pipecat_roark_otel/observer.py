@@ -141,7 +141,6 @@ class RoarkObserver(BaseObserver):
         self._seen: set[int] = set()
         self._opening: asyncio.Task[None] | None = None
         self._end_task: asyncio.Future[None] | None = None
-        self._exporter_engine: Any = None
         self._dispatch: dict[type, Handler | None] = {}
 
     @staticmethod
@@ -254,7 +253,7 @@ class RoarkObserver(BaseObserver):
                 if handler == self._on_audio:
                     self._dispatch[cls] = None
 
-    def _on_start(self, data: FramePushed) -> None:
+    def _on_start(self, data: FramePushed) -> Awaitable[None] | None:
         if self._clock_offset is None:
             self._clock_offset = _compat.clock_offset_ns(data.source)
         if not self._identity_synced:
@@ -265,6 +264,10 @@ class RoarkObserver(BaseObserver):
             )
         if _compat.is_output_transport(data.source):
             self._capture.has_output_transport = True
+        if not self._owns_recorder and not _compat.is_recording(self.audio_processor):
+            # Pipecat without observer setup(): arm the user's recorder as early as we can.
+            return _compat.start_recording(self.audio_processor)
+        return None
 
     def _on_tts_text(self, data: FramePushed) -> None:
         frame = data.frame
