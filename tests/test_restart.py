@@ -265,3 +265,26 @@ def test_several_processes_share_one_spool_without_corruption_or_duplicates(
     assert outbox.pending_keys() == [] and outbox.dead_keys() == []
     leftovers = [p for p in (spool / "v1" / "calls").rglob("*")]
     assert leftovers == []
+
+
+def test_a_call_directory_caught_before_its_first_file_is_not_an_orphan(
+    tmp_path: Path, roark: LocalRoark, engines: Callable[..., Engine]
+) -> None:
+    """Another process's writer between mkdir and call.json: the reader must wait, not bury it."""
+    spool = tmp_path / "spool"
+    (spool / "v1" / "calls" / call_key("early")).mkdir(parents=True)
+    engine = engines(spool, roark.base_url)
+    assert engine.force_flush(5)
+    assert engine.outbox.dead_keys() == []
+    assert not (spool / "v1" / "done" / call_key("early")).exists()
+    engine.put_started(
+        "early",
+        {
+            "event": "call-started",
+            "pipecatCallId": "early",
+            "eventTimestamp": "2025-01-01T00:00:00+00:00",
+            "agentId": "a",
+        },
+    )
+    assert engine.force_flush(5)
+    assert roark.call("early")["status"] == "started"  # type: ignore[index]

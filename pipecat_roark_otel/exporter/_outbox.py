@@ -320,6 +320,13 @@ class Outbox:
             elif item is not None:
                 kind, _, num = item.partition(" ")
                 (chunks if kind == "chunk" else segments).add(int(num))
+        if last == 0.0:
+            # Nothing but the directory yet: a writer between mkdir and its first file (maybe
+            # in another process). Its age, not the epoch, is how long it has been idle.
+            try:
+                last = d.stat().st_mtime
+            except FileNotFoundError:
+                return None
         lines = _read_lines(d / "sent.log")
         sent = frozenset(x for x in lines if not x.startswith(DEAD_PREFIX))
         dead = frozenset(x[len(DEAD_PREFIX) :] for x in lines if x.startswith(DEAD_PREFIX))
