@@ -61,6 +61,9 @@ class Otel:
         self.added.append(processor)
         ROUTER.targets.append(processor)
 
+    def force_flush(self) -> bool:
+        return all(p.force_flush() for p in self.added)
+
     def spans(self) -> list[ReadableSpan]:
         return list(self.memory.get_finished_spans())
 
