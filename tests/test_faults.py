@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
@@ -96,13 +97,18 @@ class Rig:
 
 
 def make_rig(
-    tmp_path: Path, otel: Otel, *, api_key: str = KEY, **options: Any
+    tmp_path: Path,
+    otel: Otel,
+    *,
+    api_key: str = KEY,
+    transport: httpx.BaseTransport | None = None,
+    **options: Any,
 ) -> tuple[Rig, Callable[[], None]]:
     roark = LocalRoark(data_dir=tmp_path / "roark", api_key=api_key).start()
     spool = tmp_path / "spool"
     settings = RoarkSettings(api_key=api_key, base_url=roark.base_url, spool_dir=spool)
     # Created first, so the exporter below gets this engine (and its fast backoffs).
-    engine = engine_for(settings, options=dataclasses.replace(FAST, **options))
+    engine = engine_for(settings, transport=transport, options=dataclasses.replace(FAST, **options))
     exporter = RoarkSpanExporter(api_key=api_key, base_url=roark.base_url, spool_dir=spool)
     assert exporter.engine is engine
     otel.add(SimpleSpanProcessor(exporter))
