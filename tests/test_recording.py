@@ -23,6 +23,7 @@ from pipecat.processors.audio.audio_buffer_processor import AudioBufferProcessor
 
 from pipecat_roark_otel import RoarkObserver
 from pipecat_roark_otel import semconv as sc
+from pipecat_roark_otel.audio import DEFAULT_CHUNK_BYTES
 from pipecat_roark_otel.devserver import LocalRoark
 from pipecat_roark_otel.exporter import RoarkSpanExporter
 from pipecat_roark_otel.simulation import DEFAULT_SCRIPT, Exchange, Script, SimulatedCall
@@ -404,11 +405,14 @@ async def test_audio_path_never_waits_on_the_network(
 # -- the user's own recorder -----------------------------------------------------------------
 
 
+USER_BUFFER = 128 * 1024
+
+
 class CountingRecorder(AudioBufferProcessor):
     """A user's AudioBufferProcessor that counts how often it is armed."""
 
     def __init__(self) -> None:
-        super().__init__(num_channels=2, buffer_size=128 * 1024)
+        super().__init__(num_channels=2, buffer_size=USER_BUFFER)
         self.armed = 0
 
     async def start_recording(self) -> None:
@@ -431,7 +435,9 @@ async def test_bring_your_own_processor(
     # Armed once: by the user, or by the observer before any audio; never reset.
     assert processor.armed == 1
     got.assert_byte_exact()
+    # Used as is: its own 128 KiB (per channel) buffer, not the default's 256 KiB.
     assert len(recorded) >= 3
+    assert all(2 * USER_BUFFER <= len(c) < 2 * DEFAULT_CHUNK_BYTES for c in recorded[:-1])
     assert (got.wav.rate, got.wav.channels) == (24_000, 2)
     greeting_is_recorded(got.wav, GREETING_WORDS)
 
