@@ -201,6 +201,10 @@ class CallCapture:
         out = self.flush_user(now)
         self._user.started = _edge(now)
         self._user.stopped = None
+        bot = self._bot
+        if not (bot.played if self.has_output_transport else bot.generated):
+            # Capture rule 8: a bot edge with no words heard is stale by now.
+            bot.started = bot.stopped = None
         return out
 
     def user_stopped(self, now: int) -> None:

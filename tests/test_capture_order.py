@@ -21,3 +21,24 @@ def test_first_speaker_and_onset_order_follow_speech_not_closing_order() -> None
     assert [t.role for t in turns] == ["assistant", "user"]  # closing order
     assert sorted(turns, key=lambda t: t.onset_ns)[0].role == "user"  # speech order
     assert cap.first_speaker == "user"
+
+
+def test_wordless_bot_start_before_a_user_turn_does_not_date_the_reply() -> None:
+    """The transport said the bot started (leftover audio, no words), then the user spoke."""
+    cap = CallCapture()
+    cap.has_output_transport = True
+    records = []
+    records += cap.bot_started(1 * S)  # stale: no word ever played for it
+    records += cap.user_started(2 * S)
+    cap.user_stopped(3 * S)
+    cap.transcription("great thanks", False, 3 * S)
+    # The transport still thinks the bot is speaking: no new BotStartedSpeakingFrame.
+    cap.tts_text(7, "Goodbye!", False, 4 * S, played=True)
+    records += cap.bot_stopped(5 * S)
+    records += cap.flush_all(6 * S)
+    turns = sorted((r for r in records if isinstance(r, Turn)), key=lambda t: t.onset_ns)
+    assert [(t.role, t.content) for t in turns] == [
+        ("user", "great thanks"),
+        ("assistant", "Goodbye!"),
+    ]
+    assert turns[1].onset_ns == 4 * S  # the first word heard, not the stale edge
