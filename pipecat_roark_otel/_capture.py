@@ -10,7 +10,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
-from typing import Literal
+from typing import Any, Literal
 
 Role = Literal["user", "assistant"]
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -245,24 +245,35 @@ class CallCapture:
         content = join_chunks(user.parts).strip()
         if not content:
             return []
-        started = user.started or _edge(now)
         stopped = user.stopped or _edge(now)
         self._last_user_stop_ns = stopped.ns
-        self._spoke("user", started.ns)
         return [
-            Turn(
-                seq=self._next_seq(),
-                role="user",
-                content=content,
-                onset_ns=started.ns,
-                timestamp=started.iso,
-                end_timestamp=stopped.iso,
-                audio_offset_ms=self.offset_ms(started.ns),
-                end_audio_offset_ms=self.offset_ms(stopped.ns),
+            self._turn(
+                "user",
+                content,
+                user.started or _edge(now),
+                stopped,
                 user_id=user.user_id,
                 language=user.language,
             )
         ]
+
+    def _turn(
+        self, role: Role, content: str, started: _Edge, stopped: _Edge, **extra: Any
+    ) -> Turn:
+        """Capture rule 6: a turn runs from its speech onset to its offset."""
+        self._spoke(role, started.ns)
+        return Turn(
+            seq=self._next_seq(),
+            role=role,
+            content=content,
+            onset_ns=started.ns,
+            timestamp=started.iso,
+            end_timestamp=stopped.iso,
+            audio_offset_ms=self.offset_ms(started.ns),
+            end_audio_offset_ms=self.offset_ms(stopped.ns),
+            **extra,
+        )
 
     # -- assistant ------------------------------------------------------------
 
@@ -300,22 +311,16 @@ class CallCapture:
         if not content:
             return []
         started = bot.started or bot.text_started or _edge(now)
-        stopped = bot.stopped or _edge(now)
         latency_ms = None
         if self._last_user_stop_ns is not None and started.ns >= self._last_user_stop_ns:
             latency_ms = round((started.ns - self._last_user_stop_ns) / 1_000_000)
         self._last_user_stop_ns = None
-        self._spoke("assistant", started.ns)
         return [
-            Turn(
-                seq=self._next_seq(),
-                role="assistant",
-                content=content,
-                onset_ns=started.ns,
-                timestamp=started.iso,
-                end_timestamp=stopped.iso,
-                audio_offset_ms=self.offset_ms(started.ns),
-                end_audio_offset_ms=self.offset_ms(stopped.ns),
+            self._turn(
+                "assistant",
+                content,
+                started,
+                bot.stopped or _edge(now),
                 interrupted=interrupted,
                 latency_ms=latency_ms,
             )
