@@ -288,3 +288,34 @@ def test_a_call_directory_caught_before_its_first_file_is_not_an_orphan(
     )
     assert engine.force_flush(5)
     assert roark.call("early")["status"] == "started"  # type: ignore[index]
+
+
+def test_sigkill_mid_delivery_loses_nothing_and_repeats_at_most_the_request_in_flight(
+    tmp_path: Path, roark: LocalRoark, engines: Callable[..., Engine]
+) -> None:
+    spool = tmp_path / "spool"
+    roark.faults.set_latency(0.25)  # delivery lags the call, so the kill lands mid-delivery
+    child = spawn(tmp_path, roark, spool, "hang", "midway")
+    wait_until(
+        lambda: (
+            end_on_disk(spool, "midway")
+            and (tmp_path / "recorded/midway.pcm").exists()
+            and bool((roark.call("midway") or {}).get("chunks"))
+        ),
+        timeout=60,
+        what="call on disk, delivery under way",
+    )
+    kill(child)
+    before = delivered_counts(roark, "midway")
+    assert before["call-ended"] == 0, "delivery finished before the kill; nothing was tested"
+    roark.faults.set_latency(0)
+    engine = engines(spool, roark.base_url)
+    assert engine.force_flush(30)
+    call = roark.wait_for_call_ended("midway", timeout=10)
+    recorded = (tmp_path / "recorded" / "midway.pcm").read_bytes()
+    assert roark.wav_bytes("midway")[44:] == recorded  # type: ignore[index]
+    assert [(t["role"], t["content"]) for t in call["ended"]["transcript"]] == EXPECTED_TURNS
+    # What the dead process had recorded as sent is never sent again; only the one request
+    # it had in flight when killed may reach the receiver twice.
+    assert duplicates(roark, "midway") <= 1
+    assert call["duplicates"]["chunks_replaced"] == {}
