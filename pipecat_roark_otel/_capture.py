@@ -162,7 +162,9 @@ class CallCapture:
     """Turns, tool calls and results of one call, in the order they close."""
 
     def __init__(self) -> None:
+        # Sample 0 on the wall clock, or (better) the recorder's own timeline.
         self.anchor_ns: int | None = None
+        self.position_ms: Callable[[int, Role], float | None] | None = None
         self.has_output_transport = False
         # (onset, role) of the earliest turn: who spoke first, whatever order turns close in.
         self._first: tuple[int, Role] | None = None
@@ -177,9 +179,14 @@ class CallCapture:
 
     # -- timing ---------------------------------------------------------------
 
-    def offset_ms(self, ns: int | None) -> int | None:
+    def offset_ms(self, ns: int | None, track: Role = "assistant") -> int | None:
         """Capture rule 13: milliseconds from recording sample 0; None before any audio."""
-        if self.anchor_ns is None or ns is None:
+        if ns is None:
+            return None
+        if self.position_ms is not None:
+            position = self.position_ms(ns, track)
+            return None if position is None else max(0, round(position))
+        if self.anchor_ns is None:
             return None
         return max(0, round((ns - self.anchor_ns) / 1_000_000))
 
@@ -258,9 +265,7 @@ class CallCapture:
             )
         ]
 
-    def _turn(
-        self, role: Role, content: str, started: _Edge, stopped: _Edge, **extra: Any
-    ) -> Turn:
+    def _turn(self, role: Role, content: str, started: _Edge, stopped: _Edge, **extra: Any) -> Turn:
         """Capture rule 6: a turn runs from its speech onset to its offset."""
         self._spoke(role, started.ns)
         return Turn(
@@ -270,8 +275,8 @@ class CallCapture:
             onset_ns=started.ns,
             timestamp=started.iso,
             end_timestamp=stopped.iso,
-            audio_offset_ms=self.offset_ms(started.ns),
-            end_audio_offset_ms=self.offset_ms(stopped.ns),
+            audio_offset_ms=self.offset_ms(started.ns, role),
+            end_audio_offset_ms=self.offset_ms(stopped.ns, role),
             **extra,
         )
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from typing import Any, cast
 
 from opentelemetry.context import Context
 from pipecat.frames.frames import StartFrame
@@ -136,6 +136,39 @@ async def wait_for_audio_handlers(processor: AudioBufferProcessor, timeout: floa
         return True
     _, pending = await asyncio.wait(tasks, timeout=timeout)
     return not pending
+
+
+class PositionTrackingRecorder(AudioBufferProcessor):
+    """An AudioBufferProcessor that knows how far into its recording it is.
+
+    Reads the processor's private buffers and hooks its private emit step: the
+    only way to know the sample position Pipecat will give the audio.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        # Per-track bytes already handed out in chunks since recording started.
+        self._emitted_track_bytes = 0
+
+    def position_ms(self, *, bot: bool) -> float:
+        """How far into the recording one track (L = user, R = bot) has been written."""
+        me: Any = self
+        rate = int(me._sample_rate or 0)
+        if rate <= 0:
+            return 0.0
+        buffered = len(me._bot_audio_buffer if bot else me._user_audio_buffer)
+        return (self._emitted_track_bytes + buffered) * 1000 / (2 * rate)
+
+    async def start_recording(self) -> None:
+        if not is_recording(self):
+            self._emitted_track_bytes = 0
+        await cast(Any, super()).start_recording()
+
+    async def _call_on_audio_data_handler(self) -> None:
+        me: Any = self
+        if me._recording:
+            self._emitted_track_bytes += max(len(me._user_audio_buffer), len(me._bot_audio_buffer))
+        await cast(Any, super())._call_on_audio_data_handler()
 
 
 async def start_recording(processor: Any) -> None:

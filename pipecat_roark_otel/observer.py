@@ -38,7 +38,7 @@ from pipecat.utils.asyncio.task_manager import BaseTaskManager
 
 from . import _compat, _errors
 from . import semconv as sc
-from ._capture import CallCapture, Record, Redactor, iso_from_ns, redacted
+from ._capture import CallCapture, Record, Redactor, Role, iso_from_ns, redacted
 from ._identity import initial_call_id
 from ._record import CallIdentity, CallRecord
 from ._version import __version__
@@ -134,6 +134,8 @@ class RoarkObserver(BaseObserver):
 
         self._redact = redact
         self._capture = CallCapture()
+        if isinstance(self.audio_processor, RoarkAudioRecorder):
+            self._capture.position_ms = self._recording_position
         self._record: CallRecord | None = None
         self._pending: list[Record] = []
         self._tracing = _compat.PipecatTracing(None)
@@ -209,7 +211,8 @@ class RoarkObserver(BaseObserver):
     # -- dispatch -------------------------------------------------------------
 
     def _handler_for(self, cls: type) -> Handler | None:
-        audio = None if self._capture.anchor_ns is not None else self._on_audio
+        anchored = self._capture.anchor_ns is not None or self._capture.position_ms is not None
+        audio = None if anchored else self._on_audio
         table: list[tuple[type | tuple[type, ...], Handler | None]] = [
             ((InputAudioRawFrame, OutputAudioRawFrame), audio),
             (TTSTextFrame, self._on_tts_text),
@@ -239,8 +242,21 @@ class RoarkObserver(BaseObserver):
             return int(data.timestamp) + self._clock_offset
         return time.time_ns()
 
+    def _recording_position(self, unix_ns: int, track: Role) -> float | None:
+        recorder = self.audio_processor
+        if self._clock_offset is None or not isinstance(recorder, RoarkAudioRecorder):
+            return None
+        clock_ns = unix_ns - self._clock_offset
+        own, other = (
+            (recorder.user_timeline, recorder.bot_timeline)
+            if track == "user"
+            else (recorder.bot_timeline, recorder.user_timeline)
+        )
+        position = own.position_ms(clock_ns)
+        return position if position is not None else other.position_ms(clock_ns)
+
     def _on_audio(self, data: FramePushed) -> None:
-        # Capture rule 13: sample 0 is the first audio frame the recorder keeps.
+        # Capture rule 13, for a user's recorder: sample 0 is the first audio frame it keeps.
         if (
             self._capture.anchor_ns is None
             and data.destination is self.audio_processor

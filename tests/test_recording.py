@@ -473,12 +473,6 @@ async def test_turn_windows_hold_the_speakers_audio(
         assert wav.voiced_ms(_channel(turn["role"]), start - TOLERANCE_MS, end + TOLERANCE_MS)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: audioOffsetMs is wall-clock time since the first recorded frame "
-    "(_capture.offset_ms), not the recording's sample timeline; AudioBufferProcessor "
-    "drops sub-200 ms idle gaps, so offsets run ahead of the WAV (≈0.25-0.5 s in 3 s)",
-)
 async def test_turn_offsets_line_up_with_the_wav(
     exporter: RoarkSpanExporter, roark: LocalRoark, otel: Otel
 ) -> None:

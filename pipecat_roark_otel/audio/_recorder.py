@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipecat.frames.frames import Frame, StartFrame
-from pipecat.processors.audio.audio_buffer_processor import AudioBufferProcessor
+from pipecat.frames.frames import Frame, InputAudioRawFrame, OutputAudioRawFrame, StartFrame
 from pipecat.processors.frame_processor import FrameDirection
 
-from .._compat import is_recording, start_recording
+from .._compat import PositionTrackingRecorder, is_recording, start_recording
+from ._timeline import RecordingTimeline
 
 DEFAULT_CHUNK_BYTES = 256 * 1024
 
 
-class RoarkAudioRecorder(AudioBufferProcessor):
+class RoarkAudioRecorder(PositionTrackingRecorder):
     """Stereo (L = user, R = bot), ~256 KiB chunks, sample rate from the pipeline.
 
     Splice it after ``transport.output()`` so it hears the bot as played.
@@ -30,9 +30,27 @@ class RoarkAudioRecorder(AudioBufferProcessor):
         super().__init__(
             sample_rate=sample_rate, num_channels=num_channels, buffer_size=buffer_size, **kwargs
         )
+        # One per track: Pipecat aligns the two only loosely while both are quiet.
+        self.user_timeline = RecordingTimeline()
+        self.bot_timeline = RecordingTimeline()
 
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
         # Capture rule 11: armed inline, before any greeting audio can reach us.
         if isinstance(frame, StartFrame) and not is_recording(self):
             await start_recording(self)
+        if not isinstance(frame, (InputAudioRawFrame, OutputAudioRawFrame)):
+            await super().process_frame(frame, direction)
+            return
+        bot = isinstance(frame, OutputAudioRawFrame)
+        before = self.position_ms(bot=bot)
         await super().process_frame(frame, direction)
+        after = self.position_ms(bot=bot)
+        if after > before and is_recording(self):
+            # Capture rule 13: offsets on the recording's own clock, not the wall's.
+            # The audio just written ends now; it started one frame's length ago.
+            bytes_per_s = 2 * frame.num_channels * frame.sample_rate
+            duration_ms = min(after - before, len(frame.audio) * 1000 / bytes_per_s)
+            timeline = self.bot_timeline if bot else self.user_timeline
+            timeline.observe(
+                self.get_clock().get_time() - int(duration_ms * 1_000_000), after - duration_ms
+            )
