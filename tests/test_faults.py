@@ -27,7 +27,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from pipecat_roark_otel import RoarkObserver
 from pipecat_roark_otel.config import RoarkSettings
 from pipecat_roark_otel.devserver import LocalRoark
-from pipecat_roark_otel.exporter import RoarkSpanExporter
+from pipecat_roark_otel.exporter import RoarkSpanExporter, deadletters
 from pipecat_roark_otel.exporter._delivery import DeliveryOptions
 from pipecat_roark_otel.exporter._engine import Engine, engine_for
 from pipecat_roark_otel.exporter._outbox import call_key
@@ -383,4 +383,26 @@ async def test_other_4xx_is_dead_lettered_once_and_the_cli_resends_it(
     rig.engine.start()  # the running engine picks the resent items up on its next scan
     rig.flush()
     assert_complete(rig, "dead-1")
+    assert_spool_empty(rig)
+
+
+async def test_a_refused_chunk_is_dead_lettered_and_its_resend_completes_the_recording(
+    rig: Rig,
+) -> None:
+    rig.roark.faults.fail_next(1, 422, endpoint="presign")  # the first chunk, refused for good
+    await rig.call("dead-chunk")
+    rig.flush()
+    call = rig.roark.wait_for_call_ended("dead-chunk", timeout=30)
+    assert call["missing_chunks"] == [0]  # the rest of the call went on without it
+    info = rig.engine.outbox.dead_info(call_key("dead-chunk"))
+    assert info is not None and info["items"] == ["chunk 0"]
+    assert info["reasons"]["chunk 0"]["status"] == 422
+    assert deadletters.main(["--spool-dir", str(rig.spool), "resend", "dead-chunk"]) == 0
+    rig.engine.start()
+    rig.flush()
+    call = rig.roark.call("dead-chunk")
+    assert call is not None and call["missing_chunks"] == [] and call["late_chunks"] == [0]
+    wav = rig.roark.wav_bytes("dead-chunk")
+    assert wav is not None and wav[44:] == b"".join(rig.recorded["dead-chunk"])
+    assert duplicates(rig.roark, "dead-chunk") == 0
     assert_spool_empty(rig)

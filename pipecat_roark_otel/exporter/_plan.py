@@ -43,7 +43,12 @@ def plan(
     A call that ended before it started (``announced`` False) never has a call-started.
     """
     if state.done(ENDED):
-        return COMPLETE
+        # Items resent from the dead-letter store after the call ended go out late (the
+        # receiver rebuilds the recording); completing now would delete them unsent.
+        if state.started and not state.done(STARTED):
+            return SEND_STARTED
+        late = sorted(i for i in state.chunks if not state.done(chunk_item(i)))
+        return Action("chunk", index=late[0]) if late else COMPLETE
     idle_deadline = state.last_activity + orphan
     if not state.done(STARTED):
         if state.started:
