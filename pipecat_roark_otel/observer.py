@@ -185,6 +185,17 @@ class RoarkObserver(BaseObserver):
             if not self._owns_recorder and not _compat.is_recording(self.audio_processor):
                 await _compat.start_recording(self.audio_processor)
 
+    async def cleanup(self) -> None:
+        """Pipecat drops an observer's unprocessed queue when the pipeline finishes.
+
+        A lagging observer may not have seen the EndFrame yet: end the call here
+        (as the EndFrame would have) or wait for the end already under way.
+        """
+        parent: Any = super()
+        await parent.cleanup()
+        with _errors.guard("cleanup"):
+            await self._end("agent-ended", time.time_ns())
+
     async def on_processor_setup(self, data: ProcessorSetUp) -> None:
         if not self._identity_synced:
             with _errors.guard("on_processor_setup"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from datetime import datetime
 
@@ -168,3 +169,24 @@ async def test_call_ended_before_it_started_sends_only_call_ended(
     assert ended["callStartedAt"] is None
     assert ended["callEndedReason"] == "client-disconnected"
     assert "transcript" not in ended and "recordingSampleRate" not in ended
+
+
+async def test_a_lagging_observer_still_ends_the_call(
+    exporter: RoarkSpanExporter, roark: LocalRoark, otel: Otel
+) -> None:
+    """Pipecat drops an observer's queue at cleanup: the EndFrame may never be seen."""
+    from pipecat.frames.frames import EndFrame
+    from pipecat.observers.base_observer import FramePushed
+
+    class Lagging(RoarkObserver):
+        async def on_push_frame(self, data: FramePushed) -> None:
+            if isinstance(data.frame, EndFrame):
+                await asyncio.sleep(3600)  # still busy when the pipeline is torn down
+            await super().on_push_frame(data)
+
+    observer = Lagging(agent_id="lagging")
+    await run_simulated_call(observer)
+    assert exporter.force_flush(15_000)
+    ended = roark.wait_for_call_ended(observer.conversation_id, timeout=15)["ended"]
+    assert ended["callEndedReason"] == "agent-ended"
+    assert ended["transcript"][-1]["content"] == "You're welcome. Goodbye!"
