@@ -323,6 +323,28 @@ async def dead_letter(ctx: Ctx, row: Row) -> dict[str, bytes]:
     return calls.recorded
 
 
+async def dead_chunk(ctx: Ctx, row: Row) -> dict[str, bytes]:
+    """422 on one presign per call: the chunk is dead-lettered, resent late with the CLI."""
+    ctx.roark.faults.fail_next(ctx.n, 422, endpoint="presign")
+    calls = ctx.calls()
+    try:
+        await calls.run(ctx.ids())
+        calls.flush()
+        gaps = sum(bool((ctx.roark.call(c) or {}).get("missing_chunks")) for c in ctx.ids())
+        dead = calls.engine.outbox.dead_keys()
+        spool = str(calls.engine.outbox.root)
+        for key in dead:
+            subprocess.run(
+                [*DEADLETTERS, "--spool-dir", spool, "resend", key], check=True, capture_output=True
+            )
+        row.note = f"{gaps} recordings had a gap until the CLI resent {len(dead)} dead chunk(s)"
+        calls.engine.start()
+        calls.flush()
+    finally:
+        calls.close()
+    return calls.recorded
+
+
 async def cancelled(ctx: Ctx, row: Row) -> dict[str, bytes]:
     """The host cancels each PipelineTask while its call-ended is underway."""
     from pipecat.pipeline.pipeline import Pipeline
@@ -460,6 +482,7 @@ SCENARIOS: list[tuple[str, str, str, Scenario]] = [
     ("401", "key rejected, then accepted (same process)", "401 on every request", auth),
     ("403", "403 on the webhook, then cleared", "403 on every webhook", forbidden),
     ("4xx", "other 4xx: dead letter, CLI resend", "422 on call-ended", dead_letter),
+    ("4xx chunk", "4xx on a chunk: dead letter, CLI resend", "422 on one presign", dead_chunk),
     ("cancel", "task cancelled while call-ended is sent", "0.2 s latency, cancel", cancelled),
     ("sigkill", "SIGKILL after call-ended is on disk", "down, kill -9, new process", sigkill),
     (
