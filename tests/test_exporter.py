@@ -159,3 +159,19 @@ def test_foreign_spans_cost_one_check(tmp_path: Path) -> None:
         )
     finally:
         exp.shutdown()
+
+
+def test_content_filter_strips_pipecat_service_spans_too() -> None:
+    from pipecat_roark_otel.exporter import ContentFilteringSpanExporter
+
+    memory = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(ContentFilteringSpanExporter(memory)))
+    attrs = {"transcript": "my card is 4242", "input": "[...]", "metrics.ttfb": 0.2}
+    with provider.get_tracer("pipecat").start_as_current_span("stt", attributes=attrs):
+        pass
+    with provider.get_tracer("someone.else").start_as_current_span("x", attributes=attrs):
+        pass
+    stt, other = memory.get_finished_spans()
+    assert dict(stt.attributes or {}) == {"metrics.ttfb": 0.2}
+    assert dict(other.attributes or {}) == attrs  # not Pipecat's, not ours: untouched

@@ -39,22 +39,54 @@ def strip_content(
     )
 
 
+# What Pipecat's own service spans (``pipecat`` tracers) carry of the conversation:
+# STT transcripts, LLM context and output, TTS text, system instructions.
+PIPECAT_CONTENT_ATTRIBUTES = frozenset(
+    {
+        "text",
+        "transcript",
+        "input",
+        "output",
+        "text_output",
+        "user_id",
+        "gen_ai.system_instructions",
+    }
+)
+
+
+def _is_pipecat(span: ReadableSpan) -> bool:
+    scope = span.instrumentation_scope
+    return scope is not None and scope.name.split(".")[0] == "pipecat"
+
+
 class ContentFilteringSpanExporter(SpanExporter):
     """Wraps another exporter (OTLP to Jaeger, Honeycomb…) so it never sees call content.
 
-    Roark's exporter still gets the full call: put this wrapper only around the others.
+    Strips our content attributes from our spans and, unless told otherwise,
+    Pipecat's from its own spans. Roark's exporter still gets the full call: put
+    this wrapper only around the others.
     """
 
     def __init__(
-        self, exporter: SpanExporter, *, attributes: Collection[str] = sc.CONTENT_ATTRIBUTES
+        self,
+        exporter: SpanExporter,
+        *,
+        attributes: Collection[str] = sc.CONTENT_ATTRIBUTES,
+        pipecat_attributes: Collection[str] = PIPECAT_CONTENT_ATTRIBUTES,
     ) -> None:
         self._exporter = exporter
         self._names = frozenset(attributes)
+        self._pipecat_names = frozenset(pipecat_attributes)
+
+    def _filtered(self, span: ReadableSpan) -> ReadableSpan:
+        if is_ours(span):
+            return strip_content(span, self._names)
+        if self._pipecat_names and _is_pipecat(span):
+            return strip_content(span, self._pipecat_names)
+        return span
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        return self._exporter.export(
-            [strip_content(s, self._names) if is_ours(s) else s for s in spans]
-        )
+        return self._exporter.export([self._filtered(s) for s in spans])
 
     def force_flush(self, timeout_millis: int = 30_000) -> bool:
         return self._exporter.force_flush(timeout_millis)
