@@ -150,6 +150,51 @@ def throughput(base_url: str, spans: list[ReadableSpan], calls: int, tmp: Path) 
     }
 
 
+def _bodies(spans: list[ReadableSpan], call_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    from pipecat_roark_otel.exporter._assemble import assemble_call_ended
+    from pipecat_roark_otel.exporter._translate import translate
+
+    items = [i for s in clone(spans, call_id) if (i := translate(s)) is not None]
+    started = next(i.body for i in items if i.kind == "started")
+    end = next(i.body for i in items if i.kind == "end")
+    return started, assemble_call_ended(end, [i.body for i in items if i.kind == "segment"])
+
+
+def server_ceiling(base_url: str, spans: list[ReadableSpan], calls: int, workers: int) -> Any:
+    """The local Roark's own limit: a bare httpx client, ``workers`` connections, same bodies."""
+    import threading
+
+    import httpx
+
+    headers = {"x-roark-api-key": p.BENCH_KEY, "authorization": f"Bearer {p.BENCH_KEY}"}
+    url = f"{base_url}/v1/integrations/pipecat"
+    bodies = [_bodies(spans, f"ceiling-{i}-{uuid.uuid4()}") for i in range(calls)]
+    statuses: list[int] = []
+
+    def work(part: list[tuple[dict[str, Any], dict[str, Any]]]) -> None:
+        with httpx.Client(headers=headers) as client:
+            for started, ended in part:
+                statuses.append(client.post(url, json=started).status_code)
+                statuses.append(client.post(url, json=ended).status_code)
+
+    threads = [threading.Thread(target=work, args=(bodies[i::workers],)) for i in range(workers)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - t0
+    ok = sum(1 for s in statuses if s < 300)
+    return {
+        "calls": calls,
+        "workers": workers,
+        "elapsed_s": elapsed,
+        "ok_requests": ok,
+        "requests": len(statuses),
+        "calls_per_s": calls / elapsed,
+    }
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(prog="python -m bench.export", description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="20 turns, 5 calls, 20 delivered")
@@ -170,6 +215,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         with local_roark(tmp / "roark") as url:
             lat = export_latency(url, long_call, args.calls, tmp)
             tput = throughput(url, short_call, args.deliver, tmp)
+            ceiling = server_ceiling(url, short_call, min(args.deliver, 400), 4)
     print(
         f"export() of a finished {args.turns}-turn call ({lat['spans_per_call']} spans), "
         f"{args.calls} calls"
@@ -197,9 +243,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"{tput['elapsed_s']:.2f} s (export {tput['export_s']:.2f} s): "
         f"{tput['calls_per_s']:.0f} calls/s ({ok} >= {TARGET_CALLS_PER_S:g})"
     )
+    print(
+        "local Roark's own ceiling (bare httpx, 4 connections, same bodies): "
+        f"{ceiling['calls_per_s']:.0f} calls/s ({ceiling['ok_requests']}/{ceiling['requests']} ok)"
+    )
     elapsed = time.monotonic() - t0
     print(f"({elapsed:.0f} s)")
     doc = {
+        "server_ceiling": ceiling,
         "bench": "export",
         "machine": p.machine(),
         "turns": args.turns,

@@ -33,7 +33,7 @@ async def _lagged(variant: str, shape: p.CallShape, speed: float) -> list[float]
             lags.append(max(0.0, time.perf_counter() - t - TICK))
 
     tick = asyncio.ensure_future(ticker())
-    await p.run_call(variant, shape, speed=speed)
+    await p.run_call(variant, shape, speed=speed, collect=False)
     stop.set()
     await tick
     return lags

@@ -5,7 +5,7 @@
 Each (variant, concurrency) runs in a fresh process: one warm-up call, then N calls at
 once through N real PipelineTasks on one loop. Extra RSS per call is (peak - warm
 baseline) minus the no-op observer's, over N. Midway through, the child counts threads,
-httpx clients and SSL contexts alive. Default (100 calls of 30 s, 3 variants): ~2 minutes.
+httpx clients and SSL contexts alive. Default (100 calls of 30 s, 3 variants): ~4 minutes.
 """
 
 from __future__ import annotations
