@@ -307,6 +307,24 @@ def test_transient_faults_are_ridden_out(
     assert len(presigns) >= 3  # a fresh URL for every try
 
 
+def test_persistently_expired_urls_are_retried_not_dead_lettered(
+    tmp_path: Path, engines: Callable[..., Engine], roark: LocalRoark
+) -> None:
+    """Expiring URLs (a skewed clock) for a while: well past 5 refusals, nothing is lost."""
+    roark.faults.expire_urls(True)
+    engine = engines(tmp_path / "spool", roark.base_url)
+    whole_call(engine, "c1", chunks=2)
+    wait_until(
+        lambda: sum(r["endpoint"] == "presign" for r in roark.requests("c1")) >= 8, timeout=20
+    )
+    assert engine.outbox.dead_keys() == []
+    roark.faults.expire_urls(False)
+    assert engine.force_flush(20)
+    call = roark.call("c1")
+    assert call is not None and call["status"] == "ended"
+    assert call["chunks"] == {0: len(PCM), 1: len(PCM)}
+
+
 def test_rejected_key_pauses_all_delivery_then_resumes(
     tmp_path: Path,
     engines: Callable[..., Engine],

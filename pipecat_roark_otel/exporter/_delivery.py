@@ -68,7 +68,10 @@ class DeliveryOptions:
     breaker_threshold: int = 8
     breaker_cooldown: float = 5.0
     session_budget: int = 32  # steps per call before the next call gets a turn
-    max_put_rejections: int = 5  # presigned PUT refused this often in a row: dead letter
+    # A presigned PUT refused this often in a row, for at least this long: dead letter.
+    # Long enough that an expiring URL (clock skew) is retried for minutes, not seconds.
+    max_put_rejections: int = 5
+    put_rejection_window: float = 600.0
     backoff_base: float = BACKOFF_BASE_S
     backoff_cap: float = BACKOFF_CAP_S
     auth_backoff_base: float = AUTH_BACKOFF_BASE_S
@@ -166,7 +169,8 @@ class Delivery:
         self._redo: set[str] = set()  # touched while in flight: look again at once
         self._attempts: dict[str, int] = {}
         self._backoff_until: dict[str, float] = {}
-        self._put_rejections: dict[tuple[str, int], int] = {}
+        # (call key, chunk) -> (refusals in a row, when the first came).
+        self._put_rejections: dict[tuple[str, int], tuple[int, float]] = {}
         self._breaker = CircuitBreaker(self._opts.breaker_threshold, self._opts.breaker_cooldown)
         self._auth_until: float | None = None
         self._auth_attempts = 0
@@ -741,9 +745,13 @@ class Delivery:
             return self._auth_rejected(status)
         if refused and chunk_index is not None:
             with self._lock:
-                n = self._put_rejections.get((key, chunk_index), 0) + 1
-                self._put_rejections[(key, chunk_index)] = n
-            if n >= self._opts.max_put_rejections:
+                n, first = self._put_rejections.get((key, chunk_index), (0, now))
+                n += 1
+                self._put_rejections[(key, chunk_index)] = (n, first)
+            if (
+                n >= self._opts.max_put_rejections
+                and now - first >= self._opts.put_rejection_window
+            ):
                 with self._lock:
                     self._put_rejections.pop((key, chunk_index), None)
                 return self._dead(key, call_id, [item], status, "upload URL refused: " + message)
