@@ -279,7 +279,8 @@ def _wire(memory: InMemorySpanExporter) -> Wire:
         assert len(ends) == 1
         assert ends[0]["segments"] == len(ordered)
         assert sorted(i for i, _ in segments) == list(range(len(ordered)))
-        call_ended = assemble_call_ended(ends[0], ordered)
+        call_ended, rejected = assemble_call_ended(ends[0], ordered)
+        assert rejected == 0
         CallEnded.model_validate(call_ended)
     return Wire(started, ordered, ends, call_ended, turns, tools)  # type: ignore[arg-type]
 

@@ -27,6 +27,9 @@ class RoarkAudioRecorder(PositionTrackingRecorder):
         buffer_size: int = DEFAULT_CHUNK_BYTES,
         **kwargs: Any,
     ) -> None:
+        # Direct mode: frames are handled in the pusher's task, not through another queue
+        # hop, which is most of what a pass-through processor costs per frame.
+        kwargs.setdefault("enable_direct_mode", True)
         super().__init__(
             sample_rate=sample_rate, num_channels=num_channels, buffer_size=buffer_size, **kwargs
         )

@@ -595,9 +595,19 @@ class Delivery:
         seg_items = [segment_item(i) for i in sorted(state.segments)]
         try:
             end = self.outbox.load_json(key, ENDED)
-            body = assemble_call_ended(end, self.outbox.load_segments(key, state.segments))
+            body, rejected = assemble_call_ended(
+                end, self.outbox.load_segments(key, state.segments)
+            )
         except (*_INVALID, OSError) as exc:
             return self._dead(key, call_id, [ENDED, *seg_items], None, _invalid_reason(exc))
+        if rejected:
+            _errors.count_drop("invalid_record", rejected)
+            if _errors.should_log("invalid_record"):
+                logger.warning(
+                    "Roark call %s: left out %d invalid record(s) from call-ended",
+                    call_id,
+                    rejected,
+                )
         if action.missing_segments or action.missing_chunks:
             self._count_missing(call_id, action)
         return self._send(key, call_id, ENDED, lambda c, t: c.post_event(body, timeout=t))

@@ -11,7 +11,7 @@ from opentelemetry.util.types import AttributeValue
 
 from .. import semconv as sc
 from .._capture import iso_from_ns
-from ._payloads import CallEnded, CallStarted, ToolCallRecord, ToolResultRecord, TranscriptTurn
+from ._payloads import CallEnded, CallStarted
 
 Attrs = Mapping[str, AttributeValue]
 
@@ -57,41 +57,50 @@ def started_payload(call_id: str, attrs: Attrs) -> dict[str, Any]:
     ).wire()
 
 
+def _compact(**fields: Any) -> dict[str, Any]:
+    """A wire record in contract order, optional fields omitted (validated at assembly)."""
+    return {k: v for k, v in fields.items() if v is not None}
+
+
 def segment_entry(event: Event) -> dict[str, Any] | None:
+    """One event as an outbox entry. Plain dicts: export() stays cheap, and
+    ``assemble_call_ended`` validates every record against the contract models."""
     a: Attrs = event.attributes or {}
-    seq = _int(a, sc.EVENT_SEQ) or 0
+    entry: dict[str, Any] = {"seq": _int(a, sc.EVENT_SEQ) or 0, "onset_ns": event.timestamp}
     if event.name == sc.EVENT_TURN:
-        turn = TranscriptTurn.model_validate(
-            {
-                "role": _str(a, sc.TURN_ROLE),
-                "content": _str(a, sc.TURN_CONTENT) or "",
-                "timestamp": _str(a, sc.TIMESTAMP) or "",
-                "endTimestamp": _str(a, sc.TURN_END_TIMESTAMP) or "",
-                "audioOffsetMs": _int(a, sc.AUDIO_OFFSET_MS),
-                "endAudioOffsetMs": _int(a, sc.TURN_END_AUDIO_OFFSET_MS),
-                "userId": _str(a, sc.TURN_USER_ID),
-                "language": _str(a, sc.TURN_LANGUAGE),
-            }
+        entry["kind"] = "turn"
+        entry["record"] = _compact(
+            role=_str(a, sc.TURN_ROLE) or "user",
+            content=_str(a, sc.TURN_CONTENT) or "",
+            timestamp=_str(a, sc.TIMESTAMP) or "",
+            endTimestamp=_str(a, sc.TURN_END_TIMESTAMP) or "",
+            audioOffsetMs=_int(a, sc.AUDIO_OFFSET_MS),
+            endAudioOffsetMs=_int(a, sc.TURN_END_AUDIO_OFFSET_MS),
+            userId=_str(a, sc.TURN_USER_ID),
+            language=_str(a, sc.TURN_LANGUAGE),
         )
-        return {"seq": seq, "kind": "turn", "onset_ns": event.timestamp, "record": turn.wire()}
-    if event.name == sc.EVENT_TOOL_CALL:
-        call = ToolCallRecord(
+    elif event.name == sc.EVENT_TOOL_CALL:
+        entry["kind"] = "tool"
+        entry["record"] = _compact(
+            kind="tool_call",
             toolCallId=_str(a, sc.TOOL_CALL_ID) or "",
             name=_str(a, sc.TOOL_NAME) or "",
             arguments=_str(a, sc.TOOL_ARGUMENTS) or "{}",
             timestamp=iso_from_ns(event.timestamp),
             audioOffsetMs=_int(a, sc.AUDIO_OFFSET_MS),
         )
-        return {"seq": seq, "kind": "tool", "onset_ns": event.timestamp, "record": call.wire()}
-    if event.name == sc.EVENT_TOOL_RESULT:
-        result = ToolResultRecord(
+    elif event.name == sc.EVENT_TOOL_RESULT:
+        entry["kind"] = "tool"
+        entry["record"] = _compact(
+            kind="tool_result",
             toolCallId=_str(a, sc.TOOL_CALL_ID) or "",
             content=_str(a, sc.TOOL_RESULT) or "",
             timestamp=iso_from_ns(event.timestamp),
             audioOffsetMs=_int(a, sc.AUDIO_OFFSET_MS),
         )
-        return {"seq": seq, "kind": "tool", "onset_ns": event.timestamp, "record": result.wire()}
-    return None
+    else:
+        return None
+    return entry
 
 
 def end_record(call_id: str, attrs: Attrs) -> dict[str, Any]:
