@@ -307,20 +307,23 @@ async def dead_letter(ctx: Ctx, row: Row) -> dict[str, bytes]:
     await running
     try:
         calls.flush()
-        dead = calls.engine.outbox.dead_keys()
-        spool = str(calls.engine.outbox.root)
-        for key in dead:
-            subprocess.run(
-                [*DEADLETTERS, "--spool-dir", spool, "resend", key],
-                check=True,
-                capture_output=True,
-            )
-        row.note = f"{len(dead)} dead-lettered, resent with the CLI"
+        row.note = f"{_resend_dead_letters(calls)} dead-lettered, resent with the CLI"
         calls.engine.start()
         calls.flush()
     finally:
         calls.close()
     return calls.recorded
+
+
+def _resend_dead_letters(calls: Calls) -> int:
+    """Resend every dead letter with the CLI, as an operator would; how many there were."""
+    dead = calls.engine.outbox.dead_keys()
+    spool = str(calls.engine.outbox.root)
+    for key in dead:
+        subprocess.run(
+            [*DEADLETTERS, "--spool-dir", spool, "resend", key], check=True, capture_output=True
+        )
+    return len(dead)
 
 
 async def dead_chunk(ctx: Ctx, row: Row) -> dict[str, bytes]:
@@ -331,13 +334,8 @@ async def dead_chunk(ctx: Ctx, row: Row) -> dict[str, bytes]:
         await calls.run(ctx.ids())
         calls.flush()
         gaps = sum(bool((ctx.roark.call(c) or {}).get("missing_chunks")) for c in ctx.ids())
-        dead = calls.engine.outbox.dead_keys()
-        spool = str(calls.engine.outbox.root)
-        for key in dead:
-            subprocess.run(
-                [*DEADLETTERS, "--spool-dir", spool, "resend", key], check=True, capture_output=True
-            )
-        row.note = f"{gaps} recordings had a gap until the CLI resent {len(dead)} dead chunk(s)"
+        resent = _resend_dead_letters(calls)
+        row.note = f"{gaps} recordings had a gap until the CLI resent {resent} dead chunk(s)"
         calls.engine.start()
         calls.flush()
     finally:
