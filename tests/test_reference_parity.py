@@ -1,0 +1,103 @@
+"""Same call, two observers: our wire output matches Roark's own observer (pipecat-roark).
+
+Both run on one real PipelineTask and deliver to the same local Roark. Everything the
+contract fixes must agree; times differ by nature, and audio offsets differ on purpose
+(ours are on the recording's own timeline, the reference's on the wall clock).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+pipecat_roark = pytest.importorskip("pipecat_roark", reason="pip install -e '.[bench]'")
+
+from pipecat.pipeline.pipeline import Pipeline  # noqa: E402
+from pipecat.pipeline.runner import PipelineRunner  # noqa: E402
+from pipecat.pipeline.task import PipelineParams, PipelineTask  # noqa: E402
+
+from pipecat_roark_otel import RoarkObserver  # noqa: E402
+from pipecat_roark_otel.devserver import LocalRoark  # noqa: E402
+from pipecat_roark_otel.exporter import RoarkSpanExporter  # noqa: E402
+from pipecat_roark_otel.simulation import (  # noqa: E402
+    DEFAULT_SCRIPT,
+    Exchange,
+    Script,
+    SimulatedCall,
+    Tool,
+)
+
+from .conftest import Otel  # noqa: E402
+
+SCRIPTS = {
+    "greeting-tool-interruption": DEFAULT_SCRIPT,
+    "user-first": Script(
+        (
+            Exchange(user="hello there", bot="Hi, how can I help?", user_segments=2),
+            Exchange(user="bye", bot="Goodbye"),
+        )
+    ),
+    "odd-tool-values": Script(
+        (Exchange(user="check it", bot="Checking.", tool=Tool("lookup", None, ["a", 1], "t9")),),
+        greeting="Hi",
+    ),
+}
+TIMING = {"timestamp", "endTimestamp", "audioOffsetMs", "endAudioOffsetMs"}
+
+
+def _without_timing(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in records]
+
+
+async def _run_both(roark: LocalRoark, name: str, script: Script) -> None:
+    ours = RoarkObserver(agent_id="a", agent_name="A", conversation_id=f"ours-{name}")
+    ref = pipecat_roark.RoarkObserver(
+        api_key=roark.api_key,
+        agent_id="a",
+        agent_name="A",
+        runner_args={"session_id": f"ref-{name}"},
+    )
+    # The reference hard-codes api.roark.ai; point its client at the local Roark.
+    ref._client._webhook_url = f"{roark.base_url}/v1/integrations/pipecat"
+    ref._client._chunk_upload_url_endpoint = f"{ref._client._webhook_url}/chunk-upload-url"
+    sim = SimulatedCall(Script(script.exchanges, greeting=script.greeting, speed=8))
+    task = PipelineTask(
+        Pipeline([*sim.processors(ours.audio_processor), ref.audio_processor]),
+        params=PipelineParams(audio_out_sample_rate=24_000),
+        observers=[ours, ref],
+        enable_tracing=True,
+    )
+    await PipelineRunner(handle_sigint=False).run(task)
+    await ref.aflush()  # waits for its own call-ended send
+
+
+@pytest.mark.parametrize("name", list(SCRIPTS))
+async def test_wire_output_matches_the_reference(
+    name: str, exporter: RoarkSpanExporter, roark: LocalRoark, otel: Otel
+) -> None:
+    await _run_both(roark, name, SCRIPTS[name])
+    assert exporter.force_flush(20_000)
+    ours = roark.wait_for_call_ended(f"ours-{name}", timeout=20)
+    ref = roark.wait_for_call_ended(f"ref-{name}", timeout=20)
+
+    assert list(ours["started"]) == list(ref["started"])
+    assert {
+        k: v for k, v in ours["started"].items() if k not in ("pipecatCallId", "eventTimestamp")
+    } == {k: v for k, v in ref["started"].items() if k not in ("pipecatCallId", "eventTimestamp")}
+    a, b = ours["ended"], ref["ended"]
+    assert list(a) == list(b)
+    for key in (
+        "callEndedReason",
+        "agentSpokeFirst",
+        "recordingSampleRate",
+        "recordingNumChannels",
+    ):
+        assert a.get(key) == b.get(key), key
+    assert [sorted(t) for t in a.get("transcript", [])] == [
+        sorted(t) for t in b.get("transcript", [])
+    ]
+    assert _without_timing(a.get("transcript", [])) == _without_timing(b.get("transcript", []))
+    assert _without_timing(a.get("toolCalls", [])) == _without_timing(b.get("toolCalls", []))
+    # The same recorder settings make the same recording.
+    assert len(roark.wav_bytes(f"ours-{name}") or b"") == len(roark.wav_bytes(f"ref-{name}") or b"")
