@@ -7,6 +7,7 @@ contract fixes must agree; times differ by nature, and audio offsets differ on p
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -101,3 +102,38 @@ async def test_wire_output_matches_the_reference(
     assert _without_timing(a.get("toolCalls", [])) == _without_timing(b.get("toolCalls", []))
     # The same recorder settings make the same recording.
     assert len(roark.wav_bytes(f"ours-{name}") or b"") == len(roark.wav_bytes(f"ref-{name}") or b"")
+
+
+@pytest.mark.parametrize("how", ["cancel", "aflush"])
+async def test_ending_early_matches_the_reference(
+    how: str, exporter: RoarkSpanExporter, roark: LocalRoark, otel: Otel
+) -> None:
+    """The host cancels mid-call, or a disconnect handler calls aflush() first."""
+    ours = RoarkObserver(agent_id="a", conversation_id=f"ours-{how}")
+    ref = pipecat_roark.RoarkObserver(
+        api_key=roark.api_key, agent_id="a", runner_args={"session_id": f"ref-{how}"}
+    )
+    ref._client._webhook_url = f"{roark.base_url}/v1/integrations/pipecat"
+    ref._client._chunk_upload_url_endpoint = f"{ref._client._webhook_url}/chunk-upload-url"
+    sim = SimulatedCall(Script(DEFAULT_SCRIPT.exchanges, greeting=DEFAULT_SCRIPT.greeting, speed=2))
+    task = PipelineTask(
+        Pipeline([*sim.processors(ours.audio_processor), ref.audio_processor]),
+        params=PipelineParams(audio_out_sample_rate=24_000),
+        observers=[ours, ref],
+        enable_tracing=True,
+    )
+    running = asyncio.ensure_future(PipelineRunner(handle_sigint=False).run(task))
+    await asyncio.sleep(2.5)  # the greeting has played; the caller is mid-turn
+    if how == "aflush":
+        await ours.aflush(reason="client-disconnected")
+        await ref.aflush(reason="client-disconnected")
+    await task.cancel()
+    await running
+    await ref.aflush()
+    assert exporter.force_flush(20_000)
+    a = roark.wait_for_call_ended(f"ours-{how}", timeout=20)["ended"]
+    b = roark.wait_for_call_ended(f"ref-{how}", timeout=20)["ended"]
+    assert list(a) == list(b)
+    assert a["callEndedReason"] == b["callEndedReason"]
+    assert a.get("agentSpokeFirst") == b.get("agentSpokeFirst")
+    assert _without_timing(a.get("transcript", [])) == _without_timing(b.get("transcript", []))
