@@ -190,3 +190,24 @@ async def test_a_lagging_observer_still_ends_the_call(
     ended = roark.wait_for_call_ended(observer.conversation_id, timeout=15)["ended"]
     assert ended["callEndedReason"] == "agent-ended"
     assert ended["transcript"][-1]["content"] == "You're welcome. Goodbye!"
+
+
+async def test_turn_events_show_latency_and_interruptions_in_the_trace(
+    exporter: RoarkSpanExporter, roark: LocalRoark, otel: Otel
+) -> None:
+    """What a user debugging latency looks for first, on the span events themselves."""
+    observer = RoarkObserver(agent_id="a")
+    await run_simulated_call(observer)
+    events = [e for s in otel.spans() if s.name == semconv.SPAN_CALL_SEGMENT for e in s.events]
+    turns = sorted((e for e in events if e.name == semconv.EVENT_TURN), key=lambda e: e.timestamp)
+    assistant = [e.attributes for e in turns if e.attributes[semconv.TURN_ROLE] == "assistant"]
+    assert [a[semconv.TURN_INTERRUPTED] for a in assistant] == [False, False, True, False]
+    # Every reply after the caller spoke carries user-stopped → bot-started latency.
+    assert semconv.TURN_LATENCY_MS not in assistant[0]  # the greeting answers nobody
+    for a in assistant[1:]:
+        assert 0 <= a[semconv.TURN_LATENCY_MS] < 5_000
+    tools = [e for e in events if e.name in (semconv.EVENT_TOOL_CALL, semconv.EVENT_TOOL_RESULT)]
+    assert [
+        e.attributes[semconv.TOOL_NAME] for e in tools if semconv.TOOL_NAME in e.attributes
+    ] == ["lookup_order"]
+    assert all(e.attributes[semconv.TOOL_CALL_ID] == "call_1" for e in tools)
