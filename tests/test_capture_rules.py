@@ -1021,9 +1021,9 @@ class _Unprintable:
 
 
 @pytest.fixture
-def guard_swallows(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def guard_swallows() -> Iterator[None]:
     """The shipped behaviour: the guard logs instead of re-raising (conftest turns it on)."""
-    monkeypatch.setattr(_errors, "_last_logged", {})  # a fresh once-per-minute log window
+    _errors.reset()  # a fresh once-per-minute log window
     _errors.set_raise_internal_errors(False)
     try:
         yield
