@@ -50,12 +50,6 @@ def pipeline_worker(processor: FrameProcessor) -> Any | None:
     return None
 
 
-def start_frame_sample_rate(frame: StartFrame) -> int | None:
-    # Deprecated field since 1.8; read without the warning.
-    value = object.__getattribute__(frame, "audio_out_sample_rate")
-    return int(value) if isinstance(value, int) and value > 0 else None
-
-
 def start_frame_tracing_context(frame: StartFrame) -> Any:
     # Deprecated field since 1.8; the only way in before workers were reachable.
     return object.__getattribute__(frame, "tracing_context")
