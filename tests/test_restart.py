@@ -61,7 +61,9 @@ async def one(cid):
         chunks.append(bytes(audio))
     observer.audio_processor.add_event_handler("on_audio_data", keep)
     await run_simulated_call(observer, script=dataclasses.replace(DEFAULT_SCRIPT, speed=8.0))
-    Path(out, cid + ".pcm").write_bytes(b"".join(chunks))
+    part = Path(out, cid + ".part")  # renamed whole: the parent may kill us once it exists
+    part.write_bytes(b"".join(chunks))
+    part.rename(Path(out, cid + ".pcm"))
 
 async def main():
     await asyncio.gather(*(one(c) for c in ids))
