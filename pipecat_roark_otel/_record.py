@@ -25,12 +25,29 @@ def segment_capacity() -> int:
     return max(1, min(_MAX_SEGMENT_EVENTS, limit))
 
 
-def record_event(record: Record) -> tuple[str, dict[str, AttributeValue], int]:
+def value_limit() -> int | None:
+    """``OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT``: longer strings would be cut by the SDK."""
+    return SpanLimits().max_attribute_length
+
+
+def _put_text(attrs: dict[str, AttributeValue], key: str, value: str, limit: int | None) -> None:
+    """Split a long string over continuation keys rather than let the SDK truncate it."""
+    if limit is None or limit <= 0 or len(value) <= limit:
+        attrs[key] = value
+        return
+    attrs[key] = value[:limit]
+    for index, start in enumerate(range(limit, len(value), limit), start=1):
+        attrs[sc.part_key(key, index)] = value[start : start + limit]
+
+
+def record_event(
+    record: Record, limit: int | None = None
+) -> tuple[str, dict[str, AttributeValue], int]:
     """A record as (event name, attributes, timestamp ns); ``_translate`` reads it back."""
     attrs: dict[str, AttributeValue] = {sc.EVENT_SEQ: record.seq}
     if isinstance(record, Turn):
         attrs[sc.TURN_ROLE] = record.role
-        attrs[sc.TURN_CONTENT] = record.content
+        _put_text(attrs, sc.TURN_CONTENT, record.content, limit)
         attrs[sc.TIMESTAMP] = record.timestamp
         attrs[sc.TURN_END_TIMESTAMP] = record.end_timestamp
         attrs[sc.TURN_INTERRUPTED] = record.interrupted
@@ -44,10 +61,10 @@ def record_event(record: Record) -> tuple[str, dict[str, AttributeValue], int]:
     _put(attrs, sc.AUDIO_OFFSET_MS, record.audio_offset_ms)
     if isinstance(record, ToolCall):
         attrs[sc.TOOL_NAME] = record.name
-        attrs[sc.TOOL_ARGUMENTS] = record.arguments
+        _put_text(attrs, sc.TOOL_ARGUMENTS, record.arguments, limit)
         return sc.EVENT_TOOL_CALL, attrs, record.at_ns
     assert isinstance(record, ToolResult)
-    attrs[sc.TOOL_RESULT] = record.content
+    _put_text(attrs, sc.TOOL_RESULT, record.content, limit)
     return sc.EVENT_TOOL_RESULT, attrs, record.at_ns
 
 
@@ -86,6 +103,7 @@ class CallRecord:
         self._tracer = tracer
         self._identity = identity
         self._capacity = segment_capacity()
+        self._limit = value_limit()
         ids = identity.id_attributes()
         start_attrs: dict[str, AttributeValue] = {**ids, sc.AGENT_ID: identity.agent_id}
         _put(start_attrs, sc.CALL_STARTED_AT, started_at)
@@ -99,7 +117,8 @@ class CallRecord:
         self._call_ctx = set_span_in_context(self.call_span)
         if started_at is not None:
             _put(start_attrs, sc.AGENT_NAME, identity.agent_name or None)
-            _put(start_attrs, sc.AGENT_PROMPT, identity.agent_prompt or None)
+            if identity.agent_prompt:
+                _put_text(start_attrs, sc.AGENT_PROMPT, identity.agent_prompt, self._limit)
             self.call_span.add_event(sc.EVENT_CALL_STARTED, timestamp=start_ns)
             # Ended at once: call-started must not wait for the call to end.
             tracer.start_span(
@@ -120,7 +139,7 @@ class CallRecord:
 
     def add(self, records: list[Record]) -> None:
         for record in records:
-            name, attrs, ts = record_event(record)
+            name, attrs, ts = record_event(record, self._limit)
             if self._segment is None:
                 self._segment = self._tracer.start_span(
                     sc.SPAN_CALL_SEGMENT,

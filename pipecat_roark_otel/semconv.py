@@ -74,3 +74,14 @@ CONTENT_ATTRIBUTES: Final = frozenset(
 )
 
 SPAN_NAMES: Final = frozenset({SPAN_CALL, SPAN_CALL_START, SPAN_CALL_SEGMENT})
+
+
+def part_key(key: str, index: int) -> str:
+    """Where part ``index`` (from 1) of a string longer than the SDK's value limit goes."""
+    return f"{key}.{index}"
+
+
+def is_part_of(key: str, names: frozenset[str]) -> bool:
+    """Whether ``key`` is a continuation part of one of ``names``."""
+    base, _, index = key.rpartition(".")
+    return index.isdigit() and base in names

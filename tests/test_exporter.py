@@ -175,3 +175,46 @@ def test_content_filter_strips_pipecat_service_spans_too() -> None:
     stt, other = memory.get_finished_spans()
     assert dict(stt.attributes or {}) == {"metrics.ttfb": 0.2}
     assert dict(other.attributes or {}) == attrs  # not Pipecat's, not ours: untouched
+
+
+def test_long_text_survives_an_attribute_length_limit(
+    monkeypatch: pytest.MonkeyPatch, roark: LocalRoark, roark_exporter: RoarkSpanExporter
+) -> None:
+    """OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT would cut the transcript: split it, rejoin it."""
+    from pipecat_roark_otel.exporter import ContentFilteringSpanExporter
+
+    monkeypatch.setenv("OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT", "40")
+    memory = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    provider.add_span_processor(SimpleSpanProcessor(roark_exporter))
+    filtered = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(ContentFilteringSpanExporter(filtered)))
+    long_text = "All the words the caller said, well past forty characters. " * 5
+    prompt = "A system prompt well longer than forty characters."
+    record = CallRecord(
+        provider.get_tracer(sc.INSTRUMENTATION_SCOPE),
+        CallIdentity("long-values", "a", None, prompt),
+        parent=None,
+        start_ns=T0,
+        started_at=iso_from_ns(T0),
+    )
+    turn = _turn(1)
+    record.add([Turn(**{**{f: getattr(turn, f) for f in turn.__slots__}, "content": long_text})])
+    record.add([ToolResult(2, "tc", long_text, T0 + 2, None)])
+    record.close(
+        {sc.CALL_ENDED_REASON: "done", sc.CALL_ENDED_AT: iso_from_ns(T0 + 3)}, end_ns=T0 + 3
+    )
+    assert roark_exporter.force_flush(10_000)
+    call = roark.wait_for_call_ended("long-values")
+    assert call["started"]["agentPrompt"] == prompt
+    assert call["ended"]["transcript"][0]["content"] == long_text
+    assert call["ended"]["toolCalls"][0]["content"] == long_text
+    # Every attribute the SDK kept is within the limit, and no part leaks past the filter.
+    for span in memory.get_finished_spans():
+        for event in span.events:
+            assert all(len(v) <= 40 for v in event.attributes.values() if isinstance(v, str))
+    for span in filtered.get_finished_spans():
+        for event in span.events:
+            assert not any(k.startswith(sc.TURN_CONTENT) for k in event.attributes)
+    provider.shutdown()

@@ -12,14 +12,14 @@ from .. import semconv as sc
 from ._translate import is_ours
 
 
-def _strip(attributes: Attributes, names: Collection[str]) -> dict[str, AttributeValue] | None:
+def _strip(attributes: Attributes, names: frozenset[str]) -> dict[str, AttributeValue] | None:
     if attributes is None:
         return None
-    return {k: v for k, v in attributes.items() if k not in names}
+    return {k: v for k, v in attributes.items() if k not in names and not sc.is_part_of(k, names)}
 
 
 def strip_content(
-    span: ReadableSpan, names: Collection[str] = sc.CONTENT_ATTRIBUTES
+    span: ReadableSpan, names: frozenset[str] = sc.CONTENT_ATTRIBUTES
 ) -> ReadableSpan:
     """A copy of one of our spans without content attributes, on the span and its events."""
     events = [Event(e.name, _strip(e.attributes, names), e.timestamp) for e in span.events]

@@ -53,7 +53,7 @@ def started_payload(call_id: str, attrs: Attrs) -> dict[str, Any]:
         eventTimestamp=_str(attrs, sc.CALL_STARTED_AT) or "",
         agentId=_str(attrs, sc.AGENT_ID) or "",
         agentName=_str(attrs, sc.AGENT_NAME) or None,
-        agentPrompt=_str(attrs, sc.AGENT_PROMPT) or None,
+        agentPrompt=_text(attrs, sc.AGENT_PROMPT) or None,
     ).wire()
 
 
@@ -71,7 +71,7 @@ def segment_entry(event: Event) -> dict[str, Any] | None:
         entry["kind"] = "turn"
         entry["record"] = _compact(
             role=_str(a, sc.TURN_ROLE) or "user",
-            content=_str(a, sc.TURN_CONTENT) or "",
+            content=_text(a, sc.TURN_CONTENT) or "",
             timestamp=_str(a, sc.TIMESTAMP) or "",
             endTimestamp=_str(a, sc.TURN_END_TIMESTAMP) or "",
             audioOffsetMs=_int(a, sc.AUDIO_OFFSET_MS),
@@ -85,7 +85,7 @@ def segment_entry(event: Event) -> dict[str, Any] | None:
             kind="tool_call",
             toolCallId=_str(a, sc.TOOL_CALL_ID) or "",
             name=_str(a, sc.TOOL_NAME) or "",
-            arguments=_str(a, sc.TOOL_ARGUMENTS) or "{}",
+            arguments=_text(a, sc.TOOL_ARGUMENTS) or "{}",
             timestamp=iso_from_ns(event.timestamp),
             audioOffsetMs=_int(a, sc.AUDIO_OFFSET_MS),
         )
@@ -94,7 +94,7 @@ def segment_entry(event: Event) -> dict[str, Any] | None:
         entry["record"] = _compact(
             kind="tool_result",
             toolCallId=_str(a, sc.TOOL_CALL_ID) or "",
-            content=_str(a, sc.TOOL_RESULT) or "",
+            content=_text(a, sc.TOOL_RESULT) or "",
             timestamp=iso_from_ns(event.timestamp),
             audioOffsetMs=_int(a, sc.AUDIO_OFFSET_MS),
         )
@@ -124,6 +124,17 @@ def end_record(call_id: str, attrs: Attrs) -> dict[str, Any]:
         "started": sc.CALL_STARTED_AT in attrs,
         "payload": payload,
     }
+
+
+def _text(attrs: Attrs, key: str) -> str | None:
+    """A string the writer may have split over continuation keys (``semconv.part_key``)."""
+    first = _str(attrs, key)
+    if first is None:
+        return None
+    parts = [first]
+    while (part := _str(attrs, sc.part_key(key, len(parts)))) is not None:
+        parts.append(part)
+    return "".join(parts)
 
 
 def _str(attrs: Attrs, key: str) -> str | None:
