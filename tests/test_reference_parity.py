@@ -100,8 +100,12 @@ async def test_wire_output_matches_the_reference(
     ]
     assert _without_timing(a.get("transcript", [])) == _without_timing(b.get("transcript", []))
     assert _without_timing(a.get("toolCalls", [])) == _without_timing(b.get("toolCalls", []))
-    # The same recorder settings make the same recording.
-    assert len(roark.wav_bytes(f"ours-{name}") or b"") == len(roark.wav_bytes(f"ref-{name}") or b"")
+    # The same recorder settings make the same recording, up to Pipecat's wall-clock gap
+    # filling, which sees the two recorders at slightly different moments.
+    ours_wav, ref_wav = roark.wav_bytes(f"ours-{name}"), roark.wav_bytes(f"ref-{name}")
+    assert ours_wav is not None and ref_wav is not None
+    tenth_of_a_second = a["recordingSampleRate"] * a["recordingNumChannels"] * 2 // 10
+    assert abs(len(ours_wav) - len(ref_wav)) <= tenth_of_a_second
 
 
 @pytest.mark.parametrize("how", ["cancel", "aflush"])
