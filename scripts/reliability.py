@@ -425,16 +425,21 @@ def _killed_then_restarted(ctx: Ctx, key: str) -> dict[str, bytes]:
     return _recorded(ctx, ids)
 
 
-async def sigkill(ctx: Ctx, row: Row) -> dict[str, bytes]:
-    ctx.roark.faults.set_down(True)
-    recorded = await asyncio.to_thread(_killed_then_restarted, ctx, KEY)
-    ctx.roark.faults.set_down(False)
-    calls = ctx.calls()  # the "new process": a fresh engine on the same spool
+def _deliver_as_a_new_process(ctx: Ctx) -> None:
+    """A fresh engine on the killed sender's spool delivers what it left."""
+    calls = ctx.calls()
     calls.engine.start()
     try:
         calls.flush()
     finally:
         calls.close()
+
+
+async def sigkill(ctx: Ctx, row: Row) -> dict[str, bytes]:
+    ctx.roark.faults.set_down(True)
+    recorded = await asyncio.to_thread(_killed_then_restarted, ctx, KEY)
+    ctx.roark.faults.set_down(False)
+    _deliver_as_a_new_process(ctx)
     return recorded
 
 
@@ -442,12 +447,7 @@ async def auth_restart(ctx: Ctx, row: Row) -> dict[str, bytes]:
     ctx.roark.set_api_keys(["rk_test_someone_else"])
     recorded = await asyncio.to_thread(_killed_then_restarted, ctx, KEY)
     ctx.roark.set_api_keys([KEY])
-    calls = ctx.calls()
-    calls.engine.start()
-    try:
-        calls.flush()
-    finally:
-        calls.close()
+    _deliver_as_a_new_process(ctx)
     return recorded
 
 
