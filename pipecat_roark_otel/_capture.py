@@ -6,11 +6,12 @@ frame's push timestamp so observer-queue lag never skews a turn.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any, Literal
+
+from ._tool_values import arguments_to_json, result_to_string
 
 Role = Literal["user", "assistant"]
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -19,45 +20,6 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 def iso_from_ns(unix_ns: int) -> str:
     """ISO 8601 UTC as the reference observer writes it (``datetime.isoformat``)."""
     return (_EPOCH + timedelta(microseconds=unix_ns // 1000)).isoformat()
-
-
-def _safe_repr(value: object) -> str:
-    try:
-        return repr(value)
-    except Exception:
-        return f"<{type(value).__name__}>"
-
-
-def _compact_json(value: object) -> str | None:
-    """Compact JSON, unknown objects as their repr; None when even that cannot encode."""
-    try:
-        return json.dumps(value, separators=(",", ":"), default=_safe_repr)
-    except (TypeError, ValueError, RecursionError):
-        return None  # non-str keys, a reference cycle
-
-
-def arguments_to_json(value: object) -> str:
-    """Contract: a string passes verbatim, None is ``"{}"``, anything else compact JSON."""
-    if value is None:
-        return "{}"
-    if isinstance(value, str):
-        return value
-    # Capture rule 10: what cannot encode goes as its repr, still a JSON string.
-    return _compact_json(value) or json.dumps(_safe_repr(value))
-
-
-def result_to_string(value: object) -> str:
-    """Contract: objects/lists compact JSON, scalars ``str()``, None ``""``."""
-    if value is None:
-        return ""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, (dict, list)):
-        return _compact_json(value) or _safe_repr(value)
-    try:
-        return str(value)
-    except Exception:
-        return _safe_repr(value)
 
 
 def join_chunks(parts: list[tuple[str, bool]]) -> str:
@@ -205,7 +167,7 @@ class CallCapture:
     # -- user -----------------------------------------------------------------
 
     def user_started(self, now: int) -> list[Record]:
-        out = self.flush_user(now)
+        out = self._reply_ends_at_user_turn(now) + self.flush_user(now)
         self._user.started = _edge(now)
         self._user.stopped = None
         bot = self._bot
@@ -213,6 +175,12 @@ class CallCapture:
             # Capture rule 8: a bot edge with no words heard is stale by now.
             bot.started = bot.stopped = None
         return out
+
+    def _reply_ends_at_user_turn(self, now: int) -> list[Record]:
+        """Capture rule 8: with no output transport, the next user turn closes the reply."""
+        if self.has_output_transport or not self._bot.generated:
+            return []
+        return self.flush_assistant(now)
 
     def user_stopped(self, now: int) -> None:
         self._user.stopped = _edge(now)
@@ -226,12 +194,14 @@ class CallCapture:
         frame_timestamp: object = None,
         user_id: object = None,
         language: object = None,
-    ) -> None:
+    ) -> list[Record]:
         """Capture rule 4: every final counts, whatever ``finalized`` says."""
         if not isinstance(text, str) or not text.strip():
-            return
+            return []
+        out: list[Record] = []
         user = self._user
         if not user.parts and user.started is None:
+            out = self._reply_ends_at_user_turn(now)
             # Capture rule 6: no onset frame, so the frame's own time, else now.
             if isinstance(frame_timestamp, str) and frame_timestamp:
                 user.started = _Edge(now, frame_timestamp)
@@ -242,6 +212,7 @@ class CallCapture:
             user.user_id = user_id
         if language is not None:
             user.language = str(getattr(language, "value", language))
+        return out
 
     def flush_user(self, now: int) -> list[Record]:
         """Capture rule 5: close the pending user turn at a turn boundary."""
@@ -287,18 +258,25 @@ class CallCapture:
         self._bot.started = _edge(now)
         return out
 
-    def tts_text(self, frame_id: int, text: str, spaced: bool, now: int, *, played: bool) -> None:
+    def tts_text(
+        self, frame_id: int, text: str, spaced: bool, now: int, *, played: bool
+    ) -> list[Record]:
         """Capture rule 7: words the output transport released are the words heard."""
         seen = self._played_ids if played else self._generated_ids
         if frame_id in seen:
-            return
+            return []
         seen.add(frame_id)
         if not isinstance(text, str) or not text:
-            return
+            return []
+        out: list[Record] = []
         bot = self._bot
         if (played and not bot.played) or (not bot.played and not bot.generated):
             bot.text_started = _edge(now)
+            if not self.has_output_transport:
+                # Capture rule 5: with no speaking frames, the reply starting is the boundary.
+                out = self.flush_user(now)
         (bot.played if played else bot.generated).append((text, spaced))
+        return out
 
     def bot_stopped(self, now: int, *, interrupted: bool = False) -> list[Record]:
         """Capture rule 8: the turn ends at BotStoppedSpeaking or the interruption."""

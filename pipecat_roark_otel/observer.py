@@ -302,13 +302,15 @@ class RoarkObserver(BaseObserver):
         played = _compat.is_output_transport(data.source)
         if played:
             self._capture.has_output_transport = True
-        self._capture.tts_text(
+        records = self._capture.tts_text(
             frame.id,
             frame.text or "",
             bool(getattr(frame, "includes_inter_frame_spaces", False)),
             self._now(data),
             played=played,
         )
+        if records:
+            self._emit(records)
 
     def _first_sighting(self, frame: Frame) -> bool:
         """Capture rules 1 and 2: one action per frame, and per broadcast pair."""
@@ -326,7 +328,7 @@ class RoarkObserver(BaseObserver):
         cap = self._capture
         records: list[Record] = []
         if isinstance(frame, TranscriptionFrame):
-            cap.transcription(
+            records = cap.transcription(
                 frame.text or "",
                 bool(getattr(frame, "includes_inter_frame_spaces", False)),
                 now,

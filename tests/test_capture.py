@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+import datetime
+import decimal
+import enum
 import json
+import uuid
 
 import pytest
 from hypothesis import given
@@ -14,11 +19,10 @@ from pipecat_roark_otel._capture import (
     ToolCall,
     ToolResult,
     Turn,
-    arguments_to_json,
     iso_from_ns,
     join_chunks,
-    result_to_string,
 )
+from pipecat_roark_otel._tool_values import arguments_to_json, result_to_string
 
 MS = 1_000_000
 T0 = 1_700_000_000_000_000_000  # 2023-11-14T22:13:20+00:00
@@ -128,6 +132,75 @@ def test_result_to_string(value: object, wire: str) -> None:
 def test_result_never_crashes(value: object) -> None:
     """Capture rule 10: non-serialisable values never crash capture."""
     assert isinstance(result_to_string(value), str)
+
+
+class _Color(enum.Enum):
+    RED = "red"
+
+
+@dataclasses.dataclass
+class _Slot:
+    day: datetime.date
+    price: decimal.Decimal
+
+
+WHEN = datetime.datetime(2026, 3, 4, 5, 6, 7, 890000, tzinfo=datetime.timezone.utc)
+ID = uuid.UUID("12345678-1234-5678-1234-567812345678")
+
+
+@pytest.mark.parametrize(
+    ("value", "wire"),
+    [
+        ((1, "a"), '[1,"a"]'),
+        ({3, 1, 2}, "[1,2,3]"),
+        (frozenset({"b", "a"}), '["a","b"]'),
+        ({"slots": ({"at": WHEN},)}, '{"slots":[{"at":"2026-03-04T05:06:07.890000+00:00"}]}'),
+        ({"day": datetime.date(2026, 3, 4)}, '{"day":"2026-03-04"}'),
+        ({"total": decimal.Decimal("12.50"), "id": ID}, f'{{"total":"12.50","id":"{ID}"}}'),
+        ([b"hi", b"\xff"], '["hi","/w=="]'),
+        ({"color": _Color.RED, "n": float("nan")}, '{"color":"red","n":"nan"}'),
+        ({(1, 2): "tuple key", 3: "int key"}, '{"[1,2]":"tuple key","3":"int key"}'),
+        (
+            [_Slot(datetime.date(2026, 1, 2), decimal.Decimal("9.99"))],
+            '[{"day":"2026-01-02","price":"9.99"}]',
+        ),
+        ({"who": _Opaque()}, '{"who":"<opaque>"}'),
+        ({"é": "ü"}, '{"\\u00e9":"\\u00fc"}'),
+    ],
+    ids=[
+        "tuple",
+        "set",
+        "frozenset",
+        "nested-datetime",
+        "date",
+        "decimal-uuid",
+        "bytes",
+        "enum-nan",
+        "non-str-keys",
+        "dataclass",
+        "object",
+        "ascii-escaped",
+    ],
+)
+def test_containers_keep_their_shape_with_readable_leaves(value: object, wire: str) -> None:
+    """Capture rule 10: tuples and sets as arrays, non-JSON leaves as readable strings."""
+    assert result_to_string(value) == wire
+    assert arguments_to_json(value) == wire
+    json.loads(wire)
+
+
+@pytest.mark.parametrize(
+    ("value", "wire"),
+    [
+        (WHEN, str(WHEN)),
+        (decimal.Decimal("1.10"), "1.10"),
+        (ID, str(ID)),
+        (False, "False"),
+    ],
+)
+def test_scalar_results_are_their_str(value: object, wire: str) -> None:
+    """Contract: scalars via str(), whatever JSON would make of them."""
+    assert result_to_string(value) == wire
 
 
 @pytest.mark.parametrize(
@@ -393,8 +466,9 @@ def test_records_carry_offsets_once_audio_is_anchored() -> None:
 def test_non_text_is_ignored_so_the_call_can_still_end(text: object) -> None:
     """Capture rule 19: garbage text never breaks the flush at the end of the call."""
     cap = CallCapture()
-    cap.transcription(text, False, at(0))  # type: ignore[arg-type]
-    cap.transcription("real words", False, at(1))
-    cap.tts_text(1, text, False, at(2), played=False)  # type: ignore[arg-type]
-    cap.tts_text(2, "reply", False, at(3), played=False)
-    assert turns(cap.flush_all(at(4))) == [("user", "real words"), ("assistant", "reply")]
+    records = cap.transcription(text, False, at(0))  # type: ignore[arg-type]
+    records += cap.transcription("real words", False, at(1))
+    records += cap.tts_text(1, text, False, at(2), played=False)  # type: ignore[arg-type]
+    records += cap.tts_text(2, "reply", False, at(3), played=False)
+    records += cap.flush_all(at(4))
+    assert turns(records) == [("user", "real words"), ("assistant", "reply")]

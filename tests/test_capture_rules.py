@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import io
 import itertools
+import json
 import logging
 import math
 import struct
@@ -20,7 +21,9 @@ import time
 import wave
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import datetime, timezone
+from decimal import Decimal
 from typing import Any
+from uuid import UUID
 
 import pytest
 from pipecat.frames.frames import (
@@ -62,6 +65,7 @@ from pipecat_roark_otel.simulation import (
     Script,
     SimulatedCall,
     SimulatedOutputTransport,
+    Tool,
     run_simulated_call,
 )
 
@@ -562,6 +566,47 @@ async def test_rule_08_a_turn_with_no_played_words_leaves_nothing_not_even_timin
     assert unix_s(turn["endTimestamp"]) >= unix_s(turn["timestamp"])
 
 
+async def text_only_reply(d: Driver, text: str) -> None:
+    """A reply generated with no output transport after it: no speaking frames, no playout."""
+    await asyncio.sleep(0.05)
+    for word in text.split():
+        await d.push_frame(TTSTextFrame(word, "word"))
+    await asyncio.sleep(0.05)
+
+
+@E2E
+@pytest.mark.parametrize("edges", [True, False], ids=["speaking-edges", "transcripts-only"])
+async def test_rule_08_without_output_transport_each_reply_is_its_own_turn(
+    edges: bool, exporter: RoarkSpanExporter, roark: LocalRoark
+) -> None:
+    """8. Text only: each reply closes when the next user turn starts (user, assistant, ...)."""
+
+    async def script(d: Driver) -> None:
+        for question, answer in (
+            ("What is my balance", "Your balance is ten dollars."),
+            ("And my last payment", "It was on Monday."),
+        ):
+            if edges:
+                await d.user_turn(question)
+            else:
+                await d.push_frame(TranscriptionFrame(question, "caller-1", now_iso()))
+            await text_only_reply(d, answer)
+
+    observer = RoarkObserver(agent_id="capture-rules")
+    await run(pipeline_task(observer, Driver(script)))
+    ended = (await read_call(exporter, roark, observer.conversation_id))["ended"]
+    assert turns(ended) == [
+        ("user", "What is my balance"),
+        ("assistant", "Your balance is ten dollars."),
+        ("user", "And my last payment"),
+        ("assistant", "It was on Monday."),
+    ]
+    transcript = ended["transcript"]
+    for turn, following in itertools.pairwise(transcript):
+        assert unix_s(turn["timestamp"]) <= unix_s(turn["endTimestamp"])
+        assert unix_s(turn["endTimestamp"]) <= unix_s(following["timestamp"]) + 0.001
+
+
 async def test_rule_09_spaced_deltas_concatenate_other_chunks_get_one_space(
     exporter: RoarkSpanExporter, roark: LocalRoark
 ) -> None:
@@ -632,15 +677,69 @@ async def test_rule_10_tool_calls_and_results_are_stringified_per_contract(
     assert arguments["c2"] == '{"raw": "json string"}'
     assert arguments["c3"] == "{}"
     assert arguments["c4"] == '{"when":"Unserialisable()"}'
-    assert arguments["c5"] == "\"{(1, 2): 'tuple key'}\""
+    assert arguments["c5"] == '{"[1,2]":"tuple key"}'
     assert arguments["c6"] == '["Unserialisable()"]'
     assert results == {
         "c1": '{"status":"shipped"}',
         "c2": '["a","b"]',
         "c3": "",
         "c4": "42",
-        "c5": "{(1, 2): Unserialisable()}",
+        "c5": '{"[1,2]":"Unserialisable()"}',
         "c6": "Unserialisable()",
+    }
+
+
+ODD_TOOLS = Script(
+    exchanges=(
+        Exchange(
+            user="When can you come",
+            bot="Tuesday works.",
+            tool=Tool(
+                "find_slots",
+                {"days": ("mon", "tue"), "after": datetime(2026, 3, 4, 9, 30, tzinfo=timezone.utc)},
+                (1, "a"),
+                "odd_1",
+            ),
+        ),
+        Exchange(
+            user="How much",
+            bot="Twelve fifty.",
+            tool=Tool(
+                "quote",
+                ("A-1", 2),
+                {
+                    "total": Decimal("12.50"),
+                    "ref": UUID(int=7),
+                    "tags": {"b", "a"},
+                    "who": _Unserialisable(),
+                },
+                "odd_2",
+            ),
+        ),
+    ),
+    speed=16.0,
+)
+
+
+@E2E
+async def test_rule_10_tuples_sets_and_odd_leaves_reach_roark_as_json(
+    exporter: RoarkSpanExporter, roark: LocalRoark
+) -> None:
+    """10. Containers go as JSON of the same shape, never as a Python repr."""
+    observer = RoarkObserver(agent_id="capture-rules")
+    await run(pipeline_task(observer, *SimulatedCall(ODD_TOOLS).processors(None)))
+    ended = (await read_call(exporter, roark, observer.conversation_id))["ended"]
+    wire = {(r["kind"], r["toolCallId"]): r for r in ended["toolCalls"]}
+    assert wire["tool_call", "odd_1"]["arguments"] == (
+        '{"days":["mon","tue"],"after":"2026-03-04T09:30:00+00:00"}'
+    )
+    assert wire["tool_result", "odd_1"]["content"] == '[1,"a"]'
+    assert wire["tool_call", "odd_2"]["arguments"] == '["A-1",2]'
+    assert json.loads(wire["tool_result", "odd_2"]["content"]) == {
+        "total": "12.50",
+        "ref": str(UUID(int=7)),
+        "tags": ["a", "b"],
+        "who": "Unserialisable()",
     }
 
 
