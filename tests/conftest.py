@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -13,8 +13,12 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from pipecat_roark_otel import _errors
+from pipecat_roark_otel.bridge import BridgeConfig, RoarkBridge
+from pipecat_roark_otel.config import resolve_settings
 from pipecat_roark_otel.devserver import LocalRoark
 from pipecat_roark_otel.exporter import RoarkSpanExporter
+from pipecat_roark_otel.exporter._delivery import DeliveryOptions
+from pipecat_roark_otel.exporter._engine import Engine, engine_for
 
 _errors.set_raise_internal_errors(True)
 
@@ -106,3 +110,33 @@ def exporter(roark: LocalRoark, otel: Otel, tmp_path: Path) -> Iterator[RoarkSpa
     otel.add(SimpleSpanProcessor(exp))
     yield exp
     exp.shutdown()
+
+
+TOKEN = "bridge-test-token"
+
+BridgeFactory = Callable[..., RoarkBridge]
+
+
+@pytest.fixture
+def make_bridge(roark: LocalRoark, tmp_path: Path) -> Iterator[BridgeFactory]:
+    """Bridges on free ports delivering to the local Roark; stopped (and their engines) after."""
+    made: list[tuple[RoarkBridge, Engine]] = []
+
+    def make(
+        *, spool: Path | None = None, options: DeliveryOptions | None = None, **config: object
+    ) -> RoarkBridge:
+        settings = resolve_settings(
+            api_key=roark.api_key,
+            base_url=roark.base_url,
+            spool_dir=spool or tmp_path / f"bridge-spool-{len(made)}",
+        )
+        engine = engine_for(settings, options=options)
+        fields: dict[str, object] = {"grpc_port": 0, "http_port": 0, "token": TOKEN, **config}
+        bridge = RoarkBridge(engine, BridgeConfig(**fields)).start()  # type: ignore[arg-type]
+        made.append((bridge, engine))
+        return bridge
+
+    yield make
+    for bridge, engine in made:
+        bridge.stop()
+        engine.shutdown(2.0)

@@ -70,6 +70,21 @@ class Engine:
         self.outbox.put_end(call_id, end)
         self.delivery.notify(call_key(call_id))
 
+    def put_chunk(
+        self,
+        call_id: str,
+        index: int,
+        pcm: bytes,
+        *,
+        sample_rate: int | None = None,
+        num_channels: int | None = None,
+    ) -> None:
+        """On disk before it returns (the bridge answers only then); OSError if it cannot be."""
+        self.outbox.put_chunk(
+            call_id, index, pcm, sample_rate=sample_rate, num_channels=num_channels
+        )
+        self.delivery.notify(call_key(call_id))
+
     def submit_chunk(
         self,
         call_id: str,

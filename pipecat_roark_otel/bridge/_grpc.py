@@ -1,0 +1,83 @@
+"""OTLP/gRPC, what the Collector's load-balancing exporter speaks: traces and logs services."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from typing import Final
+
+import grpc
+from opentelemetry.proto.collector.logs.v1 import logs_service_pb2_grpc
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
+    ExportLogsServiceRequest,
+    ExportLogsServiceResponse,
+)
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
+
+from ._auth import BearerAuth
+from ._ingest import Ingest, Unavailable, logs_response, trace_response
+
+WORKERS: Final = 8
+# Beyond this many RPCs in flight, callers get RESOURCE_EXHAUSTED rather than queue memory.
+MAX_CONCURRENT_RPCS: Final = 64
+
+
+def _admit(auth: BearerAuth, context: grpc.ServicerContext) -> None:
+    metadata = {k: v for k, v in context.invocation_metadata() if isinstance(v, str)}
+    if not auth.allows(metadata.get("authorization")):
+        context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token")
+
+
+class _Traces(trace_service_pb2_grpc.TraceServiceServicer):
+    def __init__(self, ingest: Ingest, auth: BearerAuth) -> None:
+        self._ingest = ingest
+        self._auth = auth
+
+    def Export(
+        self, request: ExportTraceServiceRequest, context: grpc.ServicerContext
+    ) -> ExportTraceServiceResponse:
+        _admit(self._auth, context)
+        try:
+            return trace_response(self._ingest.traces(request))
+        except Unavailable as exc:
+            context.abort(grpc.StatusCode.UNAVAILABLE, f"not stored: {exc}")
+
+
+class _Logs(logs_service_pb2_grpc.LogsServiceServicer):
+    def __init__(self, ingest: Ingest, auth: BearerAuth) -> None:
+        self._ingest = ingest
+        self._auth = auth
+
+    def Export(
+        self, request: ExportLogsServiceRequest, context: grpc.ServicerContext
+    ) -> ExportLogsServiceResponse:
+        _admit(self._auth, context)
+        try:
+            return logs_response(self._ingest.logs(request))
+        except Unavailable as exc:
+            context.abort(grpc.StatusCode.UNAVAILABLE, f"not stored: {exc}")
+
+
+def make_server(
+    ingest: Ingest, auth: BearerAuth, *, host: str, port: int, max_message_bytes: int
+) -> tuple[grpc.Server, int]:
+    """A bound, not yet started server and its port. gRPC checks the size after decompression."""
+    server = grpc.server(
+        ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="roark-bridge-grpc"),
+        options=[
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", 1024 * 1024),
+            ("grpc.so_reuseport", 0),
+        ],
+        maximum_concurrent_rpcs=MAX_CONCURRENT_RPCS,
+    )
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(_Traces(ingest, auth), server)
+    logs_service_pb2_grpc.add_LogsServiceServicer_to_server(_Logs(ingest, auth), server)
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    bound = server.add_insecure_port(address)
+    if bound == 0:
+        raise OSError(f"bridge could not listen for OTLP/gRPC on {host}:{port}")
+    return server, bound
