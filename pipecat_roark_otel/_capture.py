@@ -74,6 +74,8 @@ class ToolResult:
     content: str
     at_ns: int
     audio_offset_ms: int | None
+    # The handler raised; ``content`` is then Pipecat's stand-in for the LLM to read.
+    failed: bool = False
 
 
 Record = Turn | ToolCall | ToolResult
@@ -331,7 +333,9 @@ class CallCapture:
             )
         ]
 
-    def tool_result(self, tool_call_id: object, result: object, now: int) -> list[Record]:
+    def tool_result(
+        self, tool_call_id: object, result: object, now: int, *, failed: bool = False
+    ) -> list[Record]:
         call_id = str(tool_call_id or "")
         if call_id:
             if call_id in self._tool_result_ids:
@@ -344,6 +348,7 @@ class CallCapture:
                 content=result_to_string(result),
                 at_ns=now,
                 audio_offset_ms=self.offset_ms(now),
+                failed=failed,
             )
         ]
 

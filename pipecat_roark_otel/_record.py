@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import SpanLimits
-from opentelemetry.trace import Span, SpanKind, Tracer, set_span_in_context
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer, set_span_in_context
 from opentelemetry.util.types import AttributeValue
 
 from . import semconv as sc
@@ -128,6 +128,8 @@ class CallRecord:
                 start_time=start_ns,
             ).end(end_time=start_ns)
         self._segment: Span | None = None
+        # Tool spans still running, by tool call id (oldest first: ids may be empty).
+        self._tools: dict[str, list[tuple[Span, int]]] = {}
         self._segment_events = 0
         self.segments = 0
         self.turns = 0
@@ -158,8 +160,56 @@ class CallRecord:
                 self.turns += 1
             else:
                 self.tool_events += 1
+                self._tool_span(record)
             if self._segment_events >= self._capacity:
                 self._end_segment()
+
+    def _tool_span(self, record: ToolCall | ToolResult) -> None:
+        """An ``execute_tool`` span from a tool's invocation to its result (GenAI conventions)."""
+        if isinstance(record, ToolCall):
+            attrs: dict[str, AttributeValue] = {
+                **self._identity.id_attributes(),
+                sc.GEN_AI_OPERATION_NAME: sc.SPAN_EXECUTE_TOOL,
+                sc.TOOL_NAME: record.name,
+                sc.TOOL_CALL_ID: record.tool_call_id,
+                sc.TOOL_TYPE: "function",
+            }
+            _put_text(attrs, sc.TOOL_ARGUMENTS, record.arguments, self._limit)
+            span = self._tracer.start_span(
+                f"{sc.SPAN_EXECUTE_TOOL} {record.name}".rstrip(),
+                context=self._call_ctx,
+                kind=SpanKind.INTERNAL,
+                attributes=attrs,
+                start_time=record.at_ns,
+            )
+            self._tools.setdefault(record.tool_call_id, []).append((span, record.at_ns))
+            return
+        result: dict[str, AttributeValue] = {}
+        _put_text(result, sc.TOOL_RESULT, record.content, self._limit)
+        failure = ("tool_error", "the tool handler raised") if record.failed else None
+        self._end_tool(record.tool_call_id, record.at_ns, result, failure)
+
+    def _end_tool(
+        self,
+        tool_call_id: str,
+        at_ns: int,
+        attributes: Mapping[str, AttributeValue],
+        failure: tuple[str, str] | None,
+    ) -> None:
+        running = self._tools.get(tool_call_id)
+        if not running:
+            return  # a result with no invocation seen: nothing ran that we can time
+        span, start_ns = running.pop(0)
+        span.set_attributes(attributes)
+        if failure is not None:
+            error_type, description = failure
+            span.set_attribute(sc.ERROR_TYPE, error_type)
+            span.set_status(Status(StatusCode.ERROR, description))
+        span.end(end_time=max(at_ns, start_ns))
+
+    def cancel_tool(self, tool_call_id: str, at_ns: int) -> None:
+        """Pipecat cancelled the call (interruption, timeout): its span ends as an error."""
+        self._end_tool(tool_call_id, at_ns, {}, ("cancelled", "the tool call was cancelled"))
 
     def _end_segment(self) -> None:
         if self._segment is not None:
@@ -168,6 +218,10 @@ class CallRecord:
 
     def close(self, attributes: Mapping[str, AttributeValue], *, end_ns: int) -> None:
         """End the call: the last segment first, so the exporter has every event it counts."""
+        for tool_call_id in list(self._tools):
+            while self._tools[tool_call_id]:
+                failure = ("call_ended", "the call ended before the tool returned")
+                self._end_tool(tool_call_id, end_ns, {}, failure)
         self._end_segment()
         self.call_span.set_attributes(
             {

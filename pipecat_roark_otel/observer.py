@@ -20,6 +20,7 @@ from pipecat.frames.frames import (
     CancelFrame,
     EndFrame,
     Frame,
+    FunctionCallCancelFrame,
     FunctionCallInProgressFrame,
     FunctionCallResultFrame,
     InputAudioRawFrame,
@@ -239,6 +240,7 @@ class RoarkObserver(BaseObserver):
                     InterruptionFrame,
                     FunctionCallInProgressFrame,
                     FunctionCallResultFrame,
+                    FunctionCallCancelFrame,
                 ),
                 self._on_once,
             ),
@@ -349,7 +351,10 @@ class RoarkObserver(BaseObserver):
         elif isinstance(frame, FunctionCallInProgressFrame):
             records = cap.tool_call(frame.tool_call_id, frame.function_name, frame.arguments, now)
         elif isinstance(frame, FunctionCallResultFrame):
-            records = cap.tool_result(frame.tool_call_id, frame.result, now)
+            failed = bool(getattr(frame, "error", None))  # Pipecat >= 1.14
+            records = cap.tool_result(frame.tool_call_id, frame.result, now, failed=failed)
+        elif isinstance(frame, FunctionCallCancelFrame) and self._record is not None:
+            self._record.cancel_tool(str(frame.tool_call_id or ""), now)
         if records:
             self._emit(records)
 

@@ -16,6 +16,9 @@ INSTRUMENTATION_SCOPE: Final = "pipecat_roark_otel"
 SPAN_CALL: Final = "roark.call"
 SPAN_CALL_START: Final = "roark.call.start"
 SPAN_CALL_SEGMENT: Final = "roark.call.segment"
+# One child of the call span per executed tool call, named ``execute_tool {tool name}``
+# (OTel GenAI conventions); for trace backends only, Roark's exporter skips them.
+SPAN_EXECUTE_TOOL: Final = "execute_tool"
 
 # Identity (on every span of ours, as on Pipecat's).
 CONVERSATION_ID: Final = "conversation.id"
@@ -71,6 +74,9 @@ TOOL_CALL_ID: Final = "gen_ai.tool.call.id"
 TOOL_NAME: Final = "gen_ai.tool.name"
 TOOL_ARGUMENTS: Final = "gen_ai.tool.call.arguments"
 TOOL_RESULT: Final = "gen_ai.tool.call.result"
+GEN_AI_OPERATION_NAME: Final = "gen_ai.operation.name"
+TOOL_TYPE: Final = "gen_ai.tool.type"
+ERROR_TYPE: Final = "error.type"
 
 # Attributes holding personal data (transcript text, tool payloads, prompts):
 # what ``ContentFilteringSpanExporter`` strips before a third-party backend.

@@ -14,7 +14,7 @@ import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Literal
 
 from pipecat.frames.frames import (
     BotStartedSpeakingFrame,
@@ -22,6 +22,7 @@ from pipecat.frames.frames import (
     DataFrame,
     EndTaskFrame,
     Frame,
+    FunctionCallCancelFrame,
     FunctionCallInProgressFrame,
     FunctionCallResultFrame,
     InputAudioRawFrame,
@@ -49,10 +50,17 @@ _TICK_S = 0.02
 
 @dataclass(frozen=True)
 class Tool:
+    """A tool the scripted LLM calls before it replies.
+
+    ``outcome``: ``"result"`` (returns ``result``), ``"error"`` (its handler raised:
+    Pipecat's stand-in result, flagged), ``"cancelled"`` or ``"hangs"`` (never returns).
+    """
+
     name: str
     arguments: Any
     result: Any
     call_id: str
+    outcome: Literal["result", "error", "cancelled", "hangs"] = "result"
 
 
 @dataclass(frozen=True)
@@ -234,12 +242,27 @@ class ScriptedLLM(FrameProcessor):
             await self.broadcast_frame(
                 FunctionCallInProgressFrame, **kwargs, arguments=tool.arguments
             )
-            await self.broadcast_frame(
-                FunctionCallResultFrame, **kwargs, arguments=tool.arguments, result=tool.result
-            )
+            await self._settle(tool, kwargs)
         for i, word in enumerate(text.split()):
             await self.push_frame(LLMTextFrame(word if i == 0 else " " + word))
         await self.push_frame(LLMFullResponseEndFrame())
+
+    async def _settle(self, tool: Tool, kwargs: dict[str, Any]) -> None:
+        if tool.outcome == "cancelled":
+            await self.broadcast_frame(FunctionCallCancelFrame, **kwargs)
+        elif tool.outcome == "hangs":
+            return
+        else:
+            extra: dict[str, Any] = {}
+            if tool.outcome == "error" and "error" in FunctionCallResultFrame.__dataclass_fields__:
+                extra["error"] = f"Error executing function call [{tool.name}]"
+            await self.broadcast_frame(
+                FunctionCallResultFrame,
+                **kwargs,
+                arguments=tool.arguments,
+                result=tool.result,
+                **extra,
+            )
 
 
 class ScriptedTTS(FrameProcessor):

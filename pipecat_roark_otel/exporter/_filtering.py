@@ -9,7 +9,7 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.util.types import Attributes, AttributeValue
 
 from .. import semconv as sc
-from ._translate import is_ours
+from ._translate import from_us
 
 
 def _strip(attributes: Attributes, names: frozenset[str]) -> dict[str, AttributeValue] | None:
@@ -21,7 +21,7 @@ def _strip(attributes: Attributes, names: frozenset[str]) -> dict[str, Attribute
 def strip_content(
     span: ReadableSpan, names: frozenset[str] = sc.CONTENT_ATTRIBUTES
 ) -> ReadableSpan:
-    """A copy of one of our spans without content attributes, on the span and its events."""
+    """A copy of a span without content attributes, on the span and its events."""
     events = [Event(e.name, _strip(e.attributes, names), e.timestamp) for e in span.events]
     return ReadableSpan(
         name=span.name,
@@ -79,7 +79,7 @@ class ContentFilteringSpanExporter(SpanExporter):
         self._pipecat_names = frozenset(pipecat_attributes)
 
     def _filtered(self, span: ReadableSpan) -> ReadableSpan:
-        if is_ours(span):
+        if from_us(span):
             return strip_content(span, self._names)
         if self._pipecat_names and _is_pipecat(span):
             return strip_content(span, self._pipecat_names)

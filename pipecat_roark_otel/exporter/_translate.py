@@ -26,9 +26,15 @@ class Item:
     index: int = 0
 
 
-def is_ours(span: ReadableSpan) -> bool:
+def from_us(span: ReadableSpan) -> bool:
+    """Written by this package: the call record and the tool spans alike."""
     scope = span.instrumentation_scope
     return scope is not None and scope.name == sc.INSTRUMENTATION_SCOPE
+
+
+def is_ours(span: ReadableSpan) -> bool:
+    """One of the spans that carry Roark's record; tool spans are for trace backends only."""
+    return span.name in sc.SPAN_NAMES and from_us(span)
 
 
 def translate(span: ReadableSpan) -> Item | None:
