@@ -2,14 +2,17 @@
 
     pip install -e '.[bot]'
     export ROARK_API_KEY=rk_live_... DEEPGRAM_API_KEY=... OPENAI_API_KEY=... CARTESIA_API_KEY=...
-    python examples/bot.py --transport webrtc     # or: --transport daily
+    python examples/bot.py --transport webrtc     # or: --transport daily / twilio
 
 The same ``bot(runner_args)`` entry point runs self-hosted and on Pipecat Cloud.
 Set ``OTEL_EXPORTER_OTLP_ENDPOINT`` to also send the traces to Jaeger / Honeycomb.
+``DEEPGRAM_BASE_URL``, ``OPENAI_BASE_URL``, ``CARTESIA_TTS_URL`` and ``TWILIO_API_BASE_URL``
+point the services elsewhere (``examples/offline_call.py`` runs this bot fully offline).
 """
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any
 
@@ -17,8 +20,10 @@ from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from pipecat.adapters.llm.schemas.function_schema import FunctionSchema
+from pipecat.adapters.llm.schemas.tools_schema import ToolsSchema
 from pipecat.audio.vad.silero import SileroVADAnalyzer
-from pipecat.frames.frames import LLMRunFrame
+from pipecat.frames.frames import EndWorkerFrame, FunctionCallResultProperties, LLMRunFrame
 from pipecat.pipeline.pipeline import Pipeline
 from pipecat.pipeline.runner import PipelineRunner
 from pipecat.pipeline.task import PipelineParams, PipelineTask
@@ -27,10 +32,11 @@ from pipecat.processors.aggregators.llm_response_universal import (
     LLMContextAggregatorPair,
     LLMUserAggregatorParams,
 )
-from pipecat.runner.types import RunnerArguments
+from pipecat.runner.types import RunnerArguments, WebSocketRunnerArguments
 from pipecat.runner.utils import create_transport
 from pipecat.services.cartesia.tts import CartesiaTTSService
 from pipecat.services.deepgram.stt import DeepgramSTTService
+from pipecat.services.llm_service import FunctionCallParams
 from pipecat.services.openai.llm import OpenAILLMService
 from pipecat.transports.base_transport import BaseTransport, TransportParams
 
@@ -39,12 +45,48 @@ from pipecat_roark_otel.exporter import RoarkSpanExporter
 
 SYSTEM_PROMPT = (
     "You are a friendly support agent for Copperline Care. Your output is spoken aloud: "
-    "keep answers short, and don't use special characters."
+    "keep answers short, and don't use special characters. Look orders up with lookup_order; "
+    "after saying goodbye, call end_call."
+)
+TOOLS = ToolsSchema(
+    standard_tools=[
+        FunctionSchema(
+            name="lookup_order",
+            description="Look up an order's delivery status.",
+            properties={"order_id": {"type": "string", "description": "e.g. A-1042"}},
+            required=["order_id"],
+        ),
+        FunctionSchema(
+            name="end_call", description="Hang up after saying goodbye.", properties={}, required=[]
+        ),
+    ]
 )
 
 
+async def lookup_order(params: FunctionCallParams) -> None:
+    # Your order system goes here.
+    order_id = params.arguments.get("order_id", "")
+    await params.result_callback({"order_id": order_id, "status": "shipped", "eta": "tomorrow"})
+
+
+async def end_call(params: FunctionCallParams) -> None:
+    # The goodbye is already queued ahead of this: the task ends once it has played.
+    await params.result_callback(
+        {"ended": True}, properties=FunctionCallResultProperties(run_llm=False)
+    )
+    await params.llm.push_frame(EndWorkerFrame())
+
+
+@functools.cache
 def setup_tracing() -> TracerProvider:
-    """One provider for the process: Roark always, OTLP when configured."""
+    """One provider for the process (not per call): Roark always, OTLP when configured.
+
+    A host that configured OpenTelemetry itself keeps its provider (add the
+    RoarkSpanExporter to it there).
+    """
+    current = trace.get_tracer_provider()
+    if isinstance(current, TracerProvider):
+        return current
     provider = TracerProvider(
         resource=Resource.create({"service.name": os.getenv("OTEL_SERVICE_NAME", "voice-bot")})
     )
@@ -58,18 +100,29 @@ def setup_tracing() -> TracerProvider:
 
 
 def build_task(
-    transport: BaseTransport, runner_args: Any = None
+    transport: BaseTransport, runner_args: Any = None, *, sample_rate: int | None = None
 ) -> tuple[PipelineTask, RoarkObserver]:
-    """The pipeline, with the observer and its recorder wired in."""
-    stt = DeepgramSTTService(api_key=os.environ["DEEPGRAM_API_KEY"])
-    llm = OpenAILLMService(api_key=os.environ["OPENAI_API_KEY"])
+    """The pipeline, with the observer and its recorder wired in.
+
+    ``sample_rate`` pins the pipeline's audio rate (8000 on a phone line); by default
+    Pipecat picks its own.
+    """
+    stt = DeepgramSTTService(
+        api_key=os.environ["DEEPGRAM_API_KEY"], base_url=os.getenv("DEEPGRAM_BASE_URL", "")
+    )
+    llm = OpenAILLMService(
+        api_key=os.environ["OPENAI_API_KEY"], base_url=os.getenv("OPENAI_BASE_URL")
+    )
+    llm.register_function("lookup_order", lookup_order)
+    llm.register_function("end_call", end_call)
     tts = CartesiaTTSService(
         api_key=os.environ["CARTESIA_API_KEY"],
+        url=os.getenv("CARTESIA_TTS_URL", "wss://api.cartesia.ai/tts/websocket"),
         settings=CartesiaTTSService.Settings(
             voice=os.getenv("CARTESIA_VOICE_ID", "71a7ad14-091c-4e8e-a314-022ece01c121")
         ),
     )
-    context = LLMContext([{"role": "system", "content": SYSTEM_PROMPT}])
+    context = LLMContext([{"role": "system", "content": SYSTEM_PROMPT}], tools=TOOLS)
     aggregators = LLMContextAggregatorPair(
         context, user_params=LLMUserAggregatorParams(vad_analyzer=SileroVADAnalyzer())
     )
@@ -91,9 +144,11 @@ def build_task(
             aggregators.assistant(),
         ]
     )
+    rates = {"audio_in_sample_rate": sample_rate, "audio_out_sample_rate": sample_rate}
+    rates = {name: rate for name, rate in rates.items() if rate}
     task = PipelineTask(
         pipeline,
-        params=PipelineParams(enable_metrics=True),
+        params=PipelineParams(enable_metrics=True, **rates),
         observers=[roark],
         enable_tracing=True,
     )
@@ -115,14 +170,18 @@ def build_task(
 async def bot(runner_args: RunnerArguments) -> None:
     """Entry point for Pipecat's runner and for Pipecat Cloud."""
     provider = setup_tracing()
-    transport = await create_transport(
-        runner_args,
-        {
-            "daily": lambda: _daily_params(),
-            "webrtc": lambda: TransportParams(audio_in_enabled=True, audio_out_enabled=True),
-        },
-    )
-    task, _ = build_task(transport, runner_args)
+    sample_rate = None  # Pipecat's defaults
+    if isinstance(runner_args, WebSocketRunnerArguments):
+        transport, sample_rate = await _twilio_transport(runner_args), 8000
+    else:
+        transport = await create_transport(
+            runner_args,
+            {
+                "daily": lambda: _daily_params(),
+                "webrtc": lambda: TransportParams(audio_in_enabled=True, audio_out_enabled=True),
+            },
+        )
+    task, _ = build_task(transport, runner_args, sample_rate=sample_rate)
     await PipelineRunner(handle_sigint=runner_args.handle_sigint).run(task)
     provider.force_flush()
 
@@ -131,6 +190,29 @@ def _daily_params() -> TransportParams:
     from pipecat.transports.daily.transport import DailyParams
 
     return DailyParams(audio_in_enabled=True, audio_out_enabled=True)
+
+
+async def _twilio_transport(runner_args: WebSocketRunnerArguments) -> BaseTransport:
+    """A Twilio media stream; built here so the hang-up can go to ``TWILIO_API_BASE_URL``."""
+    from pipecat.runner.utils import parse_telephony_websocket
+    from pipecat.serializers.twilio import TwilioFrameSerializer
+    from pipecat.transports.websocket.fastapi import (
+        FastAPIWebsocketParams,
+        FastAPIWebsocketTransport,
+    )
+
+    _, call = await parse_telephony_websocket(runner_args.websocket)
+    serializer = TwilioFrameSerializer(
+        stream_sid=call["stream_id"],
+        call_sid=call["call_id"],
+        account_sid=os.getenv("TWILIO_ACCOUNT_SID", ""),
+        auth_token=os.getenv("TWILIO_AUTH_TOKEN", ""),
+        base_url=os.getenv("TWILIO_API_BASE_URL"),
+    )
+    params = FastAPIWebsocketParams(
+        audio_in_enabled=True, audio_out_enabled=True, add_wav_header=False, serializer=serializer
+    )
+    return FastAPIWebsocketTransport(websocket=runner_args.websocket, params=params)
 
 
 if __name__ == "__main__":

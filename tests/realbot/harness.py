@@ -1,0 +1,153 @@
+"""Running examples/bot.py's ``bot()`` behind real transports, and reading calls back."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.util
+import io
+import socket
+import sys
+import time
+import wave
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import httpx
+import numpy as np
+import uvicorn
+from fastapi import FastAPI, WebSocket
+from pipecat.runner.types import WebSocketRunnerArguments
+
+from pipecat_roark_otel.devserver import LocalRoark
+
+BOT = Path(__file__).resolve().parents[2] / "examples" / "bot.py"
+
+
+def load_bot() -> ModuleType:
+    """examples/bot.py as a module, the file users copy."""
+    if "example_bot" in sys.modules:
+        return sys.modules["example_bot"]
+    spec = importlib.util.spec_from_file_location("example_bot", BOT)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["example_bot"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@dataclass
+class BotRuns:
+    """What happened to each ``bot()`` the server started."""
+
+    finished: int = 0
+    errors: list[BaseException] = field(default_factory=list)
+
+    async def wait_finished(self, n: int = 1, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while self.finished < n:
+            assert not self.errors, self.errors
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"bot() still running after {timeout} s")
+            await asyncio.sleep(0.05)
+
+
+@contextlib.asynccontextmanager
+async def phone_server(bot: Any) -> AsyncIterator[tuple[str, BotRuns]]:
+    """A FastAPI websocket endpoint handing each Twilio media stream to ``bot()``.
+
+    The same shape as Pipecat's development runner: accept, then
+    ``bot(WebSocketRunnerArguments(websocket=...))``.
+    """
+    runs = BotRuns()
+    app = FastAPI()
+
+    @app.websocket("/ws")
+    async def media_stream(websocket: WebSocket) -> None:
+        await websocket.accept()
+        try:
+            await bot.bot(WebSocketRunnerArguments(websocket=websocket))
+        except BaseException as exc:
+            runs.errors.append(exc)
+            raise
+        finally:
+            runs.finished += 1
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    serving = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started:
+        assert not serving.done(), serving
+        await asyncio.sleep(0.01)
+    try:
+        yield f"ws://127.0.0.1:{port}/ws", runs
+    finally:
+        server.should_exit = True
+        await serving
+        sock.close()
+
+
+async def read_call(roark: LocalRoark, *, timeout: float = 30.0) -> dict[str, Any]:
+    """The one call the local Roark holds, read over HTTP once ``call-ended`` is in."""
+    headers = {"authorization": f"Bearer {roark.api_key}"}
+    async with httpx.AsyncClient(base_url=roark.base_url, headers=headers) as client:
+        deadline = time.monotonic() + timeout
+        while True:
+            calls = (await client.get("/api/calls")).json()["data"]
+            if calls and all(c["status"] == "ended" for c in calls):
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no ended call after {timeout} s: {calls}")
+            await asyncio.sleep(0.1)
+        assert len(calls) == 1, calls
+        call_id = calls[0]["pipecatCallId"]
+        call: dict[str, Any] = (await client.get(f"/api/calls/{call_id}")).json()["data"]
+        wav = await client.get(f"/api/calls/{call_id}/recording.wav")
+        call["wav"] = wav.content if wav.status_code == 200 else None
+    return call
+
+
+@dataclass
+class Recording:
+    rate: int
+    channels: int
+    user: np.ndarray
+    bot: np.ndarray
+
+    @classmethod
+    def parse(cls, wav: bytes) -> Recording:
+        with wave.open(io.BytesIO(wav)) as w:
+            rate, channels = w.getframerate(), w.getnchannels()
+            samples = np.frombuffer(w.readframes(w.getnframes()), dtype=np.int16)
+        stereo = samples.reshape(-1, channels).astype(np.float64)
+        return cls(rate, channels, stereo[:, 0], stereo[:, 1])
+
+    def energy(self, track: np.ndarray, start_ms: float, end_ms: float) -> float:
+        """RMS of ``track`` between two offsets."""
+        a, b = int(start_ms * self.rate / 1000), int(end_ms * self.rate / 1000)
+        window = track[max(0, a) : max(0, b)]
+        return float(np.sqrt(np.mean(window**2))) if window.size else 0.0
+
+    def loud_spans(self, track: np.ndarray, *, level: float = 300.0) -> list[tuple[int, int]]:
+        """(start, end) ms of stretches louder than ``level`` in 20 ms windows, gaps < 300 ms."""
+        step = self.rate // 50
+        n = track.size // step
+        rms = np.sqrt(np.mean(track[: n * step].reshape(n, step) ** 2, axis=1))
+        spans: list[tuple[int, int]] = []
+        for i in np.flatnonzero(rms > level):
+            start, end = int(i) * 20, int(i) * 20 + 20
+            if spans and start - spans[-1][1] < 300:
+                spans[-1] = (spans[-1][0], end)
+            else:
+                spans.append((start, end))
+        return spans
+
+
+def iso(ts: str) -> float:
+    return datetime.fromisoformat(ts).timestamp()
