@@ -43,7 +43,7 @@ from ._capture import CallCapture, Record, Redactor, Role, iso_from_ns, redacted
 from ._identity import initial_call_id
 from ._record import CallIdentity, CallRecord
 from ._version import __version__
-from .audio._chunks import ChunkSink
+from .audio._chunks import ChunkSink, ChunkTarget, TraceBoundTarget
 from .audio._recorder import RoarkAudioRecorder
 from .config import RoarkSettings, resolve_settings
 from .exporter._exporter import RoarkSpanExporter, active_exporter
@@ -95,6 +95,11 @@ class RoarkObserver(BaseObserver):
 
     A ``RoarkSpanExporter`` on the tracer provider turns that record into Roark's
     webhooks; with no SDK provider configured, the observer sets one up privately.
+
+    ``recording_target``: where the recording's chunks go. By default the Roark
+    exporter's outbox in this process; in a fleet, ``OTLPRecordingTarget(logger_provider)``
+    sends them as OTLP log records to the Collector and the bridge (no Roark key needed
+    on this host then).
     """
 
     def __init__(
@@ -111,6 +116,7 @@ class RoarkObserver(BaseObserver):
         tracer_provider: TracerProvider | None = None,
         audio_buffer_processor: AudioBufferProcessor | None = None,
         redact: Redactor | None = None,
+        recording_target: ChunkTarget | None = None,
     ) -> None:
         # Capture rules 3 and 7: every push, so the output transport's release is seen.
         super().__init__()
@@ -120,7 +126,11 @@ class RoarkObserver(BaseObserver):
             raise ValueError(
                 "conversation_id and pipecat_call_id name the same id; pass one of them"
             )
-        self._settings = self._resolve_settings(api_key, base_url)
+        # Fleet mode: chunks leave as OTLP logs, spans through the user's OTLP exporter,
+        # so this host needs no Roark key.
+        self._recording_target = recording_target
+        fleet = recording_target is not None and api_key is None
+        self._settings = None if fleet else self._resolve_settings(api_key, base_url)
         self._conversation_id, self._id_is_explicit = initial_call_id(
             conversation_id or pipecat_call_id, runner_args
         )
@@ -452,6 +462,7 @@ class RoarkObserver(BaseObserver):
         exporter = active_exporter()
         if (
             exporter is None
+            and self._recording_target is None
             and isinstance(provider, SdkTracerProvider)
             and _errors.should_log("no_exporter")
         ):
@@ -460,7 +471,6 @@ class RoarkObserver(BaseObserver):
                 "Add provider.add_span_processor(BatchSpanProcessor(RoarkSpanExporter())).",
                 self._conversation_id,
             )
-        self._chunks.attach(exporter.engine if exporter else None, self._conversation_id)
         tracer = provider.get_tracer(sc.INSTRUMENTATION_SCOPE, __version__)
         start_ns = time.time_ns()
         agent_id, agent_name, agent_prompt = self._agent
@@ -471,6 +481,10 @@ class RoarkObserver(BaseObserver):
             start_ns=start_ns,
             started_at=iso_from_ns(start_ns) if started else None,
         )
+        target = self._recording_target or (exporter.engine if exporter else None)
+        if isinstance(target, TraceBoundTarget):
+            target.bind_call(self._conversation_id, self._record.call_span.get_span_context())
+        self._chunks.attach(target, self._conversation_id)
         if self._pending:
             self._record.add(self._pending)
             self._pending = []

@@ -46,7 +46,6 @@ RECORDING_UPLOAD_FAILURES: Final = "roark.recording.upload_failures"
 
 # Fleet path: one OTLP log record per audio chunk (body: the PCM bytes), in the
 # call span's trace so the Collector routes it to the same bridge as the spans.
-LOG_RECORDING_CHUNK: Final = "roark.recording.chunk"
 RECORDING_CHUNK_INDEX: Final = "roark.recording.chunk.index"
 
 # Events.

@@ -108,7 +108,6 @@ def chunk_record(
         body=AnyValue(bytes_value=pcm),
         attributes=kvs(attrs),
         trace_id=trace_id,
-        event_name=sc.LOG_RECORDING_CHUNK,
     )
 
 

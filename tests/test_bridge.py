@@ -4,20 +4,30 @@ from __future__ import annotations
 
 import httpx
 import pytest
+from opentelemetry.exporter.otlp.proto.grpc._log_exporter import (
+    OTLPLogExporter as GrpcLogExporter,
+)
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
     OTLPSpanExporter as GrpcSpanExporter,
+)
+from opentelemetry.exporter.otlp.proto.http._log_exporter import (
+    OTLPLogExporter as HttpLogExporter,
 )
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
     OTLPSpanExporter as HttpSpanExporter,
 )
+from opentelemetry.sdk._logs import LoggerProvider
+from opentelemetry.sdk._logs.export import BatchLogRecordProcessor, LogRecordExporter
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 
 from pipecat_roark_otel import RoarkObserver
+from pipecat_roark_otel.audio import OTLPRecordingTarget
 from pipecat_roark_otel.bridge import RoarkBridge
 from pipecat_roark_otel.devserver import LocalRoark
 from pipecat_roark_otel.simulation import run_simulated_call
 
 from .conftest import TOKEN, BridgeFactory, Otel
+from .test_recording import Wav, record_output
 
 
 def _otlp_exporter(bridge: RoarkBridge, protocol: str) -> SpanExporter:
@@ -31,6 +41,50 @@ def _otlp_exporter(bridge: RoarkBridge, protocol: str) -> SpanExporter:
         endpoint=f"{bridge.http_endpoint}/v1/traces",
         headers={"Authorization": f"Bearer {TOKEN}"},
     )
+
+
+def _otlp_log_exporter(bridge: RoarkBridge, protocol: str) -> LogRecordExporter:
+    if protocol == "grpc":
+        return GrpcLogExporter(
+            endpoint=bridge.grpc_endpoint,
+            insecure=True,
+            headers={"authorization": f"Bearer {TOKEN}"},
+        )
+    return HttpLogExporter(
+        endpoint=f"{bridge.http_endpoint}/v1/logs",
+        headers={"Authorization": f"Bearer {TOKEN}"},
+    )
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+async def test_recording_crosses_the_bridge_byte_exact(
+    protocol: str, roark: LocalRoark, otel: Otel, make_bridge: BridgeFactory
+) -> None:
+    """The bot host has no Roark exporter and no Roark key: spans and audio go out as OTLP."""
+    bridge = make_bridge()
+    otel.add(BatchSpanProcessor(_otlp_exporter(bridge, protocol)))
+    logs = LoggerProvider()
+    logs.add_log_record_processor(
+        BatchLogRecordProcessor(_otlp_log_exporter(bridge, protocol), max_export_batch_size=4)
+    )
+    try:
+        observer = RoarkObserver(agent_id="fleet-bot", recording_target=OTLPRecordingTarget(logs))
+        recorded = record_output(observer.audio_processor)
+        await run_simulated_call(observer, audio_out_sample_rate=16_000)
+        assert otel.force_flush()
+        assert logs.force_flush()
+    finally:
+        logs.shutdown()
+    call_id = observer.conversation_id
+    call = roark.wait_for_call_ended(call_id, timeout=30)
+    assert call["ended"]["recordingSampleRate"] == 16_000
+    assert call["ended"]["recordingNumChannels"] == 2
+    assert call["missing_chunks"] == []
+    assert call["chunks"] == {i: len(c) for i, c in enumerate(recorded)}
+    wav = roark.wav_bytes(call_id)
+    assert wav is not None
+    assert Wav.parse(wav).pcm == b"".join(recorded)
+    assert bridge.ingest.stats()["chunks"] == len(recorded) > 0
 
 
 @pytest.mark.parametrize("protocol", ["grpc", "http"])

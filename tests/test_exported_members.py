@@ -11,7 +11,11 @@ def test_public_names_are_pinned() -> None:
         "ContentFilteringSpanExporter",
         "RoarkSpanExporter",
     ]
-    assert pipecat_roark_otel.audio.__all__ == ["DEFAULT_CHUNK_BYTES", "RoarkAudioRecorder"]
+    assert pipecat_roark_otel.audio.__all__ == [
+        "DEFAULT_CHUNK_BYTES",
+        "OTLPRecordingTarget",
+        "RoarkAudioRecorder",
+    ]
     for module in (pipecat_roark_otel, pipecat_roark_otel.exporter, pipecat_roark_otel.audio):
         for name in module.__all__:
             assert hasattr(module, name)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Protocol, runtime_checkable
+
+from opentelemetry.trace import SpanContext
 
 from .. import _errors
 
@@ -17,6 +19,13 @@ class ChunkTarget(Protocol):
         sample_rate: int | None = None,
         num_channels: int | None = None,
     ) -> bool: ...
+
+
+@runtime_checkable
+class TraceBoundTarget(Protocol):
+    """A target that sends each call's chunks in the call span's trace (fleet mode)."""
+
+    def bind_call(self, call_id: str, span_context: SpanContext) -> None: ...
 
 
 class ChunkSink:
