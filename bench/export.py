@@ -157,7 +157,8 @@ def _bodies(spans: list[ReadableSpan], call_id: str) -> tuple[dict[str, Any], di
     items = [i for s in clone(spans, call_id) if (i := translate(s)) is not None]
     started = next(i.body for i in items if i.kind == "started")
     end = next(i.body for i in items if i.kind == "end")
-    return started, assemble_call_ended(end, [i.body for i in items if i.kind == "segment"])
+    ended, _ = assemble_call_ended(end, [i.body for i in items if i.kind == "segment"])
+    return started, ended
 
 
 def server_ceiling(base_url: str, spans: list[ReadableSpan], calls: int, workers: int) -> Any:

@@ -49,12 +49,13 @@ def _otlp_processor() -> BatchSpanProcessor | None:
     return BatchSpanProcessor(OTLPSpanExporter())
 
 
-def _link_trace(base_url: str, call_id: str, trace_id: str) -> None:
+def _link_trace(base_url: str, api_key: str, call_id: str, trace_id: str) -> None:
     """Tell a local Roark the call's trace, so its page links to Jaeger."""
     with suppress(httpx.HTTPError):
         httpx.post(
             f"{base_url}/_dev/calls/{quote(call_id, safe='')}/trace",
             json={"traceId": trace_id, "jaegerUrl": JAEGER_URL},
+            headers={"x-roark-api-key": api_key, "authorization": f"Bearer {api_key}"},
             timeout=5,
         )
 
@@ -107,7 +108,7 @@ async def main(argv: list[str] | None = None) -> int:
         print(f"trace id: {trace_id}")
         print(f"roark:    {base_url}  ({'delivered' if delivered else 'still queued on disk'})")
         if base_url != DEFAULT_BASE_URL:
-            _link_trace(base_url, observer.conversation_id, trace_id)
+            _link_trace(base_url, api_key, observer.conversation_id, trace_id)
         if local is None:
             provider.shutdown()
             return 0 if delivered else 1

@@ -161,6 +161,7 @@ async def test_call_page_shows_the_call(
     resp = httpx.post(
         f"{roark.base_url}/_dev/calls/{quote(CALL_ID, safe='')}/trace",
         json={"traceId": trace_id, "jaegerUrl": JAEGER},
+        headers={"x-roark-api-key": roark.api_key, "authorization": f"Bearer {roark.api_key}"},
     )
     assert resp.status_code == 200
     page = _page(url, tmp_path / "profile")

@@ -139,7 +139,9 @@ def test_webhook_and_presign_need_both_auth_headers(
     assert (hook.status_code, presign.status_code) == (401, 401)
     assert "error" in hook.json()
     assert roark.calls() == []
-    assert [r["status"] for r in roark.requests("c1")] == [401, 401]
+    # Logged, but never parsed: a stranger's body names no call.
+    logged = roark.requests()
+    assert [(r["status"], r["pipecatCallId"]) for r in logged] == [(401, None), (401, None)]
 
 
 def test_rotated_key_is_rejected_and_new_key_accepted(roark: LocalRoark, api: httpx.Client) -> None:
@@ -614,7 +616,7 @@ def test_down_drops_everything_until_cleared(roark: LocalRoark, api: httpx.Clien
 
 
 def test_faults_over_http(roark: LocalRoark, api: httpx.Client) -> None:
-    with httpx.Client(base_url=roark.base_url) as dev:  # /_dev needs no auth
+    with httpx.Client(base_url=roark.base_url, headers=_auth(roark.api_key)) as dev:
         spec = {"fail_next": {"n": 1, "status": 429, "retry_after": 1, "endpoint": "webhook"}}
         resp = dev.post("/_dev/faults", json=spec)
         assert resp.status_code == 200
@@ -702,7 +704,7 @@ def test_call_page_renders_escaped_transcript_tools_audio_and_trace(
     )
     assert api.post(WEBHOOK, json=body).status_code == 200
     with httpx.Client(base_url=roark.base_url) as anon:
-        trace = anon.post(
+        trace = api.post(
             f"/_dev/calls/{quote(call_id, safe='')}/trace",
             json={"traceId": "0af7651916cd43dd8448eb211c80319c"},
         )
@@ -725,9 +727,8 @@ def test_call_page_renders_escaped_transcript_tools_audio_and_trace(
     assert "call &lt;1&gt;" in index.text
 
 
-def test_trace_link_rejects_non_http_urls(roark: LocalRoark) -> None:
-    with httpx.Client(base_url=roark.base_url) as anon:
-        resp = anon.post("/_dev/calls/c1/trace", json={"traceId": "t", "jaegerUrl": "javascript:x"})
+def test_trace_link_rejects_non_http_urls(roark: LocalRoark, api: httpx.Client) -> None:
+    resp = api.post("/_dev/calls/c1/trace", json={"traceId": "t", "jaegerUrl": "javascript:x"})
     assert resp.status_code == 422
 
 

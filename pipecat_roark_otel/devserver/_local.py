@@ -11,9 +11,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from ._app import AppServer, ServerContext
 from ._faults import Faults
 from ._presign import Signer
-from ._server import RoarkHTTPServer, ServerContext
 from ._store import Store
 
 DEFAULT_API_KEY = "rk_test_local"
@@ -62,10 +62,9 @@ class LocalRoark:
             clock=clock,
         )
         self._api_key = api_key
-        # Guards _server/_thread: start() and stop() may race from test fixtures.
+        # Guards _server: start() and stop() may race from test fixtures.
         self._lock = threading.Lock()
-        self._server: RoarkHTTPServer | None = None
-        self._thread: threading.Thread | None = None
+        self._server: AppServer | None = None
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -73,30 +72,19 @@ class LocalRoark:
         """Bind and serve on a daemon thread; idempotent."""
         with self._lock:
             if self._server is None:
-                server = RoarkHTTPServer((self.host, self._port), self._ctx)
-                self._port = server.server_address[1]
-                self._thread = threading.Thread(
-                    target=server.serve_forever,
-                    kwargs={"poll_interval": 0.05},
-                    name="local-roark",
-                    daemon=True,
-                )
+                server = AppServer(self._ctx, self.host, self._port)
+                server.start()
+                self._port = server.port
                 self._server = server
-                self._thread.start()
         return self
 
     def stop(self, timeout: float = 2.0) -> None:
         """Stop accepting, close live connections, wait up to ``timeout`` for handlers."""
         with self._lock:
-            server, thread = self._server, self._thread
-            self._server = self._thread = None
-        if server is None:
-            return
-        server.shutdown()
-        server.close_connections(timeout)
-        server.server_close()
-        if thread is not None:
-            thread.join(timeout)
+            server, self._server = self._server, None
+        if server is not None:
+            server.stop(timeout)
+            self._store.close()
 
     def __enter__(self) -> LocalRoark:
         return self.start()

@@ -8,6 +8,7 @@ import json
 import os
 import secrets
 import sqlite3
+import tempfile
 import threading
 import wave
 from collections.abc import Iterator
@@ -15,7 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ._contract import MAX_CHANNELS, MAX_SAMPLE_RATE, MIN_SAMPLE_RATE
 from ._ids import safe_name
+
+MISSING_LISTED = 1000  # a call's gap list stops here: pages never allocate by a wire number
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -87,12 +91,16 @@ class Store:
         self._db = data_dir / "roark.sqlite3"
         self._chunks = data_dir / "chunks"
         self._recordings = data_dir / "recordings"
-        for d in (self._chunks, self._recordings):
-            d.mkdir(parents=True, exist_ok=True)
-        # Guards multi-step writes (nonce check + chunk file + row, WAV assembly).
-        self._lock = threading.Lock()
-        with self._lock, self._connect() as db:
-            db.execute("PRAGMA journal_mode=WAL")  # readers never wait on the writer
+        # The secret and every transcript live here: readable by us only.
+        for d in (data_dir, self._chunks, self._recordings):
+            _private_dir(d)
+        _private_file(self._db)  # SQLite gives its -wal/-shm files the database's mode
+        # Guards the one connection and multi-step writes (nonce check + chunk file + row,
+        # WAV assembly). Re-entrant: a write holds it across its transaction.
+        self._lock = threading.RLock()
+        self._conn: sqlite3.Connection | None = None
+        with self._connect() as db:
+            db.execute("PRAGMA journal_mode=WAL")
             db.executescript(_SCHEMA)
             row = db.execute("SELECT value FROM meta WHERE key = 'secret'").fetchone()
             if row is None:
@@ -102,13 +110,25 @@ class Store:
 
     @contextlib.contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self._db, timeout=10.0)
-        db.execute("PRAGMA synchronous=NORMAL")
-        try:
-            with db:
+        """The store's connection, in a transaction, under the lock.
+
+        One long-lived connection: closing the last one checkpoints the WAL with an
+        fsync, which made every request cost ~20 ms.
+        """
+        with self._lock:
+            if self._conn is None:
+                self._conn = sqlite3.connect(self._db, timeout=10.0, check_same_thread=False)
+                self._conn.row_factory = sqlite3.Row
+                self._conn.execute("PRAGMA synchronous=NORMAL")
+            with self._conn as db:
                 yield db
-        finally:
-            db.close()
+
+    def close(self) -> None:
+        """Release the connection; a later call opens it again."""
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
 
     def _ensure_call(self, db: sqlite3.Connection, call_id: str, now: float) -> None:
         db.execute("INSERT OR IGNORE INTO calls(call_id, first_seen) VALUES (?, ?)", (call_id, now))
@@ -118,7 +138,7 @@ class Store:
     def record_started(self, body: dict[str, Any], now: float) -> bool:
         """Store a call-started body; True if it is a duplicate (then nothing changes)."""
         call_id = body["pipecatCallId"]
-        with self._lock, self._connect() as db:
+        with self._connect() as db:
             self._ensure_call(db, call_id, now)
             (started,) = db.execute(
                 "SELECT started FROM calls WHERE call_id = ?", (call_id,)
@@ -137,7 +157,7 @@ class Store:
     def record_ended(self, body: dict[str, Any], now: float) -> bool:
         """Store a call-ended body and assemble the WAV; True if it is a duplicate."""
         call_id = body["pipecatCallId"]
-        with self._lock, self._connect() as db:
+        with self._connect() as db:
             self._ensure_call(db, call_id, now)
             started, ended = db.execute(
                 "SELECT started, ended FROM calls WHERE call_id = ?", (call_id,)
@@ -158,13 +178,13 @@ class Store:
     def put_chunk(self, call_id: str, index: int, data: bytes, nonce: str, now: float) -> None:
         """Store one chunk under a one-shot URL; UrlAlreadyUsed leaves no trace."""
         call_dir = self._chunks / safe_name(call_id)
-        call_dir.mkdir(exist_ok=True)
+        _private_dir(call_dir)
         final = call_dir / f"{index:08d}.pcm"
-        tmp = call_dir / f".{index:08d}.{nonce}.tmp"
-        tmp.write_bytes(data)
+        # Each request its own temp file: a refused concurrent PUT never lands.
+        tmp = _write_private_temp(call_dir, data)
         digest = hashlib.sha256(data).hexdigest()
         try:
-            with self._lock, self._connect() as db:
+            with self._connect() as db:
                 if db.execute("SELECT 1 FROM used_urls WHERE nonce = ?", (nonce,)).fetchone():
                     raise UrlAlreadyUsed(nonce)
                 db.execute("INSERT INTO used_urls(nonce, used) VALUES (?, ?)", (nonce, now))
@@ -213,7 +233,7 @@ class Store:
             tmp.unlink(missing_ok=True)
 
     def set_trace(self, call_id: str, trace_id: str, jaeger_url: str, now: float) -> None:
-        with self._lock, self._connect() as db:
+        with self._connect() as db:
             self._ensure_call(db, call_id, now)
             db.execute(
                 "UPDATE calls SET trace_id = ?, jaeger_url = ? WHERE call_id = ?",
@@ -221,7 +241,7 @@ class Store:
             )
 
     def log_request(self, rec: RequestRecord) -> None:
-        with self._lock, self._connect() as db:
+        with self._connect() as db:
             db.execute(
                 "INSERT INTO requests(time, method, path, endpoint, status, event, call_id, "
                 "chunk_index, fault, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -242,8 +262,13 @@ class Store:
     def _assemble(self, db: sqlite3.Connection, call_id: str, ended: dict[str, Any]) -> None:
         """Write the WAV: chunks in index order, 16-bit PCM at the call-ended rate/channels."""
         rate, channels = ended.get("recordingSampleRate"), ended.get("recordingNumChannels")
-        if rate is None or channels is None:
-            return
+        if not (
+            isinstance(rate, int)
+            and isinstance(channels, int)
+            and MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE
+            and 1 <= channels <= MAX_CHANNELS
+        ):
+            return  # validated at ingest; a damaged store builds no WAV rather than fail
         indices = [
             i
             for (i,) in db.execute(
@@ -251,22 +276,24 @@ class Store:
             )
         ]
         name = f"{safe_name(call_id)}.wav"
-        tmp = self._recordings / f".{name}.tmp"
+        tmp = _write_private_temp(self._recordings, b"")
         call_dir = self._chunks / safe_name(call_id)
-        with wave.open(str(tmp), "wb") as wav:
-            wav.setnchannels(channels)
-            wav.setsampwidth(2)
-            wav.setframerate(rate)
-            for i in indices:
-                wav.writeframesraw((call_dir / f"{i:08d}.pcm").read_bytes())
-        os.replace(tmp, self._recordings / name)
+        try:
+            with wave.open(str(tmp), "wb") as wav:
+                wav.setnchannels(channels)
+                wav.setsampwidth(2)
+                wav.setframerate(rate)
+                for i in indices:
+                    wav.writeframesraw((call_dir / f"{i:08d}.pcm").read_bytes())
+            os.replace(tmp, self._recordings / name)
+        finally:
+            tmp.unlink(missing_ok=True)
         db.execute("UPDATE calls SET wav_name = ? WHERE call_id = ?", (name, call_id))
 
     # -- reads ---------------------------------------------------------------------------
 
     def call(self, call_id: str) -> dict[str, Any] | None:
         with self._connect() as db:
-            db.row_factory = sqlite3.Row
             row = db.execute("SELECT * FROM calls WHERE call_id = ?", (call_id,)).fetchone()
             if row is None:
                 return None
@@ -278,7 +305,6 @@ class Store:
     def calls(self) -> list[dict[str, Any]]:
         """Summaries, newest first."""
         with self._connect() as db:
-            db.row_factory = sqlite3.Row
             rows = db.execute("SELECT * FROM calls ORDER BY first_seen DESC").fetchall()
             out = []
             for row in rows:
@@ -306,8 +332,7 @@ class Store:
         return out
 
     def _call_dict(self, row: sqlite3.Row, chunks: list[sqlite3.Row]) -> dict[str, Any]:
-        present = [c["idx"] for c in chunks]
-        missing = sorted(set(range(max(present) + 1)) - set(present)) if present else []
+        missing = _gaps([c["idx"] for c in chunks])
         started = json.loads(row["started"]) if row["started"] else None
         ended = json.loads(row["ended"]) if row["ended"] else None
         late = [c["idx"] for c in chunks if c["late"]]
@@ -355,7 +380,6 @@ class Store:
     def requests(self, call_id: str | None = None) -> list[dict[str, Any]]:
         """The request log in arrival order."""
         with self._connect() as db:
-            db.row_factory = sqlite3.Row
             if call_id is None:
                 rows = db.execute("SELECT * FROM requests ORDER BY id").fetchall()
             else:
@@ -377,3 +401,35 @@ class Store:
             }
             for r in rows
         ]
+
+
+def _gaps(present: list[int]) -> list[int]:
+    """The first ``MISSING_LISTED`` indices absent below the highest; linear in ``present``."""
+    out: list[int] = []
+    expect = 0
+    for index in present:  # ascending
+        if index > expect:
+            out.extend(range(expect, min(index, expect + MISSING_LISTED - len(out))))
+        if len(out) >= MISSING_LISTED:
+            break
+        expect = index + 1
+    return out
+
+
+def _private_dir(path: Path) -> None:
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(path, 0o700)
+
+
+def _private_file(path: Path) -> None:
+    """Create ``path`` 0600 if absent (SQLite then keeps the mode), tighten it if present."""
+    os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+    os.chmod(path, 0o600)
+
+
+def _write_private_temp(directory: Path, data: bytes) -> Path:
+    """A fresh 0600 temp file in ``directory`` holding ``data``."""
+    fd, name = tempfile.mkstemp(dir=directory, prefix=".", suffix=".tmp")
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    return Path(name)
