@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import ast
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -29,16 +29,10 @@ def api(roark: LocalRoark) -> Iterator[httpx.Client]:
 
 def test_the_devserver_never_imports_the_exporter() -> None:
     package = Path(devserver.__file__).parent
+    imports = re.compile(r"^\s*(?:from|import)\s+(\S+)", re.MULTILINE)
     for source in package.glob("*.py"):
-        for node in ast.walk(ast.parse(source.read_text())):
-            if isinstance(node, ast.ImportFrom):
-                names = [f"{'.' * node.level}{node.module or ''}"]
-            elif isinstance(node, ast.Import):
-                names = [a.name for a in node.names]
-            else:
-                continue
-            for name in names:
-                assert "exporter" not in name, f"{source.name} imports {name}"
+        for name in imports.findall(source.read_text()):
+            assert "exporter" not in name, f"{source.name} imports {name}"
 
 
 # A drift we could make in _payloads: tool arguments sent as an object, not a JSON string.
