@@ -14,6 +14,7 @@ from typing import Any, Literal
 from ._tool_values import arguments_to_json, result_to_string
 
 Role = Literal["user", "assistant"]
+Service = Literal["stt", "llm", "tts"]
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
@@ -55,6 +56,12 @@ class Turn:
     language: str | None = None
     interrupted: bool = False
     latency_ms: int | None = None
+    # The reply's latency breakdown, from Pipecat's metrics frames (assistant turns).
+    stt_ttfb_ms: int | None = None
+    llm_ttfb_ms: int | None = None
+    tts_ttfb_ms: int | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +127,10 @@ class _BotTurn:
     text_started: _Edge | None = None
     started: _Edge | None = None
     stopped: _Edge | None = None
+    # Metrics that arrived since the previous reply closed belong to this one.
+    ttfb_ms: dict[Service, int] = field(default_factory=dict)
+    input_tokens: int | None = None
+    output_tokens: int | None = None
 
 
 class CallCapture:
@@ -308,8 +319,26 @@ class CallCapture:
                 bot.stopped or _edge(now),
                 interrupted=interrupted,
                 latency_ms=latency_ms,
+                stt_ttfb_ms=bot.ttfb_ms.get("stt"),
+                llm_ttfb_ms=bot.ttfb_ms.get("llm"),
+                tts_ttfb_ms=bot.ttfb_ms.get("tts"),
+                input_tokens=bot.input_tokens,
+                output_tokens=bot.output_tokens,
             )
         ]
+
+    # -- latency breakdown ----------------------------------------------------
+
+    def service_ttfb(self, service: Service, seconds: float) -> None:
+        """A service's time to first byte; the first per reply is the one the caller waited on."""
+        if seconds > 0 and service not in self._bot.ttfb_ms:
+            self._bot.ttfb_ms[service] = round(seconds * 1000)
+
+    def llm_usage(self, input_tokens: int, output_tokens: int) -> None:
+        """Tokens of every LLM request behind the reply (a tool call makes two)."""
+        bot = self._bot
+        bot.input_tokens = (bot.input_tokens or 0) + max(0, input_tokens)
+        bot.output_tokens = (bot.output_tokens or 0) + max(0, output_tokens)
 
     # -- tools ----------------------------------------------------------------
 

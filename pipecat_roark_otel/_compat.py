@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from typing import Any, cast
 
@@ -12,7 +13,29 @@ from pipecat.processors.audio.audio_buffer_processor import AudioBufferProcessor
 from pipecat.processors.frame_processor import FrameProcessor
 from pipecat.transports.base_output import BaseOutputTransport
 
+from ._capture import Service
 from ._errors import logger
+
+# Pipecat's service base classes, looked up only once their modules are loaded
+# (importing them costs ~0.1 s; a pipeline that uses one has already paid it).
+_SERVICE_BASES: tuple[tuple[Service, str, str], ...] = (
+    ("stt", "pipecat.services.stt_service", "STTService"),
+    ("tts", "pipecat.services.tts_service", "TTSService"),
+    ("llm", "pipecat.services.llm_service", "LLMService"),
+)
+
+
+def service_kind(processor: object) -> Service | None:
+    """STT, LLM or TTS: by Pipecat's base classes, else by the class name (``...STT...``)."""
+    for kind, module, name in _SERVICE_BASES:
+        base = getattr(sys.modules.get(module), name, None)
+        if isinstance(base, type) and isinstance(processor, base):
+            return kind
+    class_name = type(processor).__name__.upper()
+    for kind, _, _ in _SERVICE_BASES:
+        if kind.upper() in class_name:
+            return kind
+    return None
 
 
 def is_output_transport(processor: object) -> bool:

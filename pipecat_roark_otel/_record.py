@@ -56,6 +56,11 @@ def record_event(
         _put(attrs, sc.TURN_USER_ID, record.user_id)
         _put(attrs, sc.TURN_LANGUAGE, record.language)
         _put(attrs, sc.TURN_LATENCY_MS, record.latency_ms)
+        _put(attrs, sc.TURN_STT_TTFB_MS, record.stt_ttfb_ms)
+        _put(attrs, sc.TURN_LLM_TTFB_MS, record.llm_ttfb_ms)
+        _put(attrs, sc.TURN_TTS_TTFB_MS, record.tts_ttfb_ms)
+        _put(attrs, sc.USAGE_INPUT_TOKENS, record.input_tokens)
+        _put(attrs, sc.USAGE_OUTPUT_TOKENS, record.output_tokens)
         return sc.EVENT_TURN, attrs, record.onset_ns
     attrs[sc.TOOL_CALL_ID] = record.tool_call_id
     _put(attrs, sc.AUDIO_OFFSET_MS, record.audio_offset_ms)

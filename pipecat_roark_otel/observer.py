@@ -25,6 +25,7 @@ from pipecat.frames.frames import (
     FunctionCallResultFrame,
     InputAudioRawFrame,
     InterruptionFrame,
+    MetricsFrame,
     OutputAudioRawFrame,
     StartFrame,
     StopFrame,
@@ -33,6 +34,7 @@ from pipecat.frames.frames import (
     UserStartedSpeakingFrame,
     UserStoppedSpeakingFrame,
 )
+from pipecat.metrics.metrics import LLMUsageMetricsData, TTFBMetricsData
 from pipecat.observers.base_observer import BaseObserver, FramePushed
 from pipecat.processors.audio.audio_buffer_processor import AudioBufferProcessor
 from pipecat.utils.asyncio.task_manager import BaseTaskManager
@@ -240,6 +242,7 @@ class RoarkObserver(BaseObserver):
             (TTSTextFrame, self._on_tts_text),
             (StartFrame, self._on_start),
             ((EndFrame, StopFrame, CancelFrame), self._on_end_frame),
+            (MetricsFrame, self._on_metrics),
             (
                 (
                     TranscriptionFrame,
@@ -323,6 +326,21 @@ class RoarkObserver(BaseObserver):
         )
         if records:
             self._emit(records)
+
+    def _on_metrics(self, data: FramePushed) -> None:
+        """Pipecat's service metrics: the latency breakdown of the reply they belong to."""
+        frame = data.frame
+        assert isinstance(frame, MetricsFrame)
+        if not self._first_sighting(frame):
+            return
+        for metrics in frame.data:
+            if isinstance(metrics, TTFBMetricsData):
+                service = _compat.service_kind(data.source)
+                if service is not None:
+                    self._capture.service_ttfb(service, metrics.value)
+            elif isinstance(metrics, LLMUsageMetricsData):
+                usage = metrics.value
+                self._capture.llm_usage(usage.prompt_tokens, usage.completion_tokens)
 
     def _first_sighting(self, frame: Frame) -> bool:
         """Capture rules 1 and 2: one action per frame, and per broadcast pair."""

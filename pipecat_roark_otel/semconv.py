@@ -68,6 +68,12 @@ TURN_USER_ID: Final = "roark.turn.user_id"
 TURN_LANGUAGE: Final = "roark.turn.language"
 TURN_INTERRUPTED: Final = "roark.turn.interrupted"
 TURN_LATENCY_MS: Final = "roark.turn.latency_ms"
+# A reply's latency breakdown and token usage, from Pipecat's metrics frames.
+TURN_STT_TTFB_MS: Final = "roark.turn.stt.ttfb_ms"
+TURN_LLM_TTFB_MS: Final = "roark.turn.llm.ttfb_ms"
+TURN_TTS_TTFB_MS: Final = "roark.turn.tts.ttfb_ms"
+USAGE_INPUT_TOKENS: Final = "gen_ai.usage.input_tokens"
+USAGE_OUTPUT_TOKENS: Final = "gen_ai.usage.output_tokens"
 
 TOOL_CALL_ID: Final = "gen_ai.tool.call.id"
 TOOL_NAME: Final = "gen_ai.tool.name"

@@ -39,6 +39,7 @@ from pipecat.frames.frames import (
     UserStartedSpeakingFrame,
     UserStoppedSpeakingFrame,
 )
+from pipecat.metrics.metrics import LLMTokenUsage
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipecat.transcriptions.language import Language
 from pipecat.transports.base_output import BaseOutputTransport
@@ -79,12 +80,22 @@ class Exchange:
 
 @dataclass(frozen=True)
 class Script:
+    """``*_ttfb_s``: each service's time to first byte, reported as Pipecat services do."""
+
     exchanges: Sequence[Exchange]
     greeting: str | None = None
     speed: float = 8.0
     word_s: float = 0.3
     user_word_s: float = 0.25
     pause_s: float = 0.2
+    stt_ttfb_s: float = 0.15
+    llm_ttfb_s: float = 0.35
+    tts_ttfb_s: float = 0.2
+    prompt_tokens: int = 120
+
+
+# Completion tokens of an LLM request that only calls a tool.
+TOOL_CALL_TOKENS = 16
 
 
 DEFAULT_SCRIPT = Script(
@@ -145,6 +156,9 @@ class ScriptedSTT(FrameProcessor):
         if isinstance(frame, StartFrame):
             self._task = self.create_task(self._run())
 
+    def can_generate_metrics(self) -> bool:
+        return True
+
     def word_played(self) -> None:
         self._words_played += 1
 
@@ -175,6 +189,9 @@ class ScriptedSTT(FrameProcessor):
         await self.push_frame(UserStartedSpeakingFrame())
         await self._audio(len(words) * self._script.user_word_s, 220.0)
         await self.push_frame(UserStoppedSpeakingFrame())
+        await self.start_ttfb_metrics()
+        await self._sleep(self._script.stt_ttfb_s)
+        await self.stop_ttfb_metrics()
         k = max(1, exchange.user_segments)
         for i in range(k):
             text = " ".join(words[i * len(words) // k : (i + 1) * len(words) // k])
@@ -217,8 +234,27 @@ class ScriptedLLM(FrameProcessor):
 
     def __init__(self, script: Script, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        self._script = script
         self._replies = list(script.exchanges)
         self._segments = 0
+
+    def can_generate_metrics(self) -> bool:
+        return True
+
+    async def _first_byte(self) -> None:
+        await self.start_ttfb_metrics()
+        await asyncio.sleep(self._script.llm_ttfb_s / self._script.speed)
+        await self.stop_ttfb_metrics()
+
+    async def _usage(self, completion_tokens: int) -> None:
+        prompt = self._script.prompt_tokens
+        await self.start_llm_usage_metrics(
+            LLMTokenUsage(
+                prompt_tokens=prompt,
+                completion_tokens=completion_tokens,
+                total_tokens=prompt + completion_tokens,
+            )
+        )
 
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
         await super().process_frame(frame, direction)
@@ -238,13 +274,18 @@ class ScriptedLLM(FrameProcessor):
     async def _reply(self, text: str, tool: Tool | None) -> None:
         await self.push_frame(LLMFullResponseStartFrame())
         if tool is not None:
+            # One request that calls the tool, a second one that answers with its result.
+            await self._first_byte()
             kwargs = {"function_name": tool.name, "tool_call_id": tool.call_id}
             await self.broadcast_frame(
                 FunctionCallInProgressFrame, **kwargs, arguments=tool.arguments
             )
+            await self._usage(TOOL_CALL_TOKENS)
             await self._settle(tool, kwargs)
+        await self._first_byte()
         for i, word in enumerate(text.split()):
             await self.push_frame(LLMTextFrame(word if i == 0 else " " + word))
+        await self._usage(len(text.split()))
         await self.push_frame(LLMFullResponseEndFrame())
 
     async def _settle(self, tool: Tool, kwargs: dict[str, Any]) -> None:
@@ -279,6 +320,9 @@ class ScriptedTTS(FrameProcessor):
         await super().setup(setup)
         self._rate = int(getattr(setup, "audio_out_sample_rate", 0) or self._rate)
 
+    def can_generate_metrics(self) -> bool:
+        return True
+
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
         await super().process_frame(frame, direction)
         if isinstance(frame, LLMTextFrame):
@@ -294,7 +338,10 @@ class ScriptedTTS(FrameProcessor):
         words, self._words = self._words, []
         rate = self._rate
         n = int(rate * self._script.word_s)
+        await self.start_ttfb_metrics()
         await self.push_frame(TTSStartedFrame())
+        await asyncio.sleep(self._script.tts_ttfb_s / self._script.speed)
+        await self.stop_ttfb_metrics()
         for word in words:
             await self.push_frame(TTSTextFrame(word, "word"))
             await self.push_frame(TTSAudioRawFrame(_tone(n, rate, 440.0, self._sample), rate, 1))
@@ -355,6 +402,7 @@ class SimulatedCall:
 
 __all__ = [
     "DEFAULT_SCRIPT",
+    "TOOL_CALL_TOKENS",
     "Exchange",
     "Script",
     "ScriptedLLM",
@@ -384,7 +432,11 @@ async def run_simulated_call(
     rec = recorder if recorder is not None else getattr(observer, "audio_processor", None)
     task = PipelineTask(
         Pipeline(call.processors(rec)),
-        params=PipelineParams(audio_out_sample_rate=audio_out_sample_rate),
+        params=PipelineParams(
+            audio_out_sample_rate=audio_out_sample_rate,
+            enable_metrics=True,
+            enable_usage_metrics=True,
+        ),
         observers=[observer],
         enable_tracing=enable_tracing,
         conversation_id=conversation_id,
