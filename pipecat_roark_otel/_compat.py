@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
+from collections.abc import Mapping
 from typing import Any, cast
 
 from opentelemetry.context import Context
+from opentelemetry.util.types import AttributeValue
 from pipecat.frames.frames import StartFrame
 from pipecat.processors.audio.audio_buffer_processor import AudioBufferProcessor
 from pipecat.processors.frame_processor import FrameProcessor
@@ -120,6 +122,23 @@ class PipecatTracing:
         self._observer._conversation_id = conversation_id
         self._context._conversation_id = conversation_id
         return conversation_id
+
+    def add_conversation_attributes(self, attributes: Mapping[str, AttributeValue]) -> None:
+        """Put attributes on Pipecat's ``conversation`` span, where Pipecat lets us reach it.
+
+        Before the span starts, through the turn trace observer's copy of
+        ``PipelineTask(additional_span_attributes=...)``; after, on the span itself.
+        """
+        observer = self._observer
+        if observer is None or not attributes:
+            return
+        span = getattr(observer, "_conversation_span", None)
+        if span is not None:
+            span.set_attributes(attributes)
+            return
+        current = getattr(observer, "_additional_span_attributes", None) or {}
+        # A new dict: the old one may be the very dict the user gave PipelineTask.
+        observer._additional_span_attributes = {**current, **attributes}
 
     def conversation_context(self) -> Context | None:
         if not self.enabled:

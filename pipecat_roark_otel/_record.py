@@ -103,12 +103,17 @@ class CallRecord:
         parent: Context | None,
         start_ns: int,
         started_at: str | None,
+        custom: Mapping[str, AttributeValue] | None = None,
     ) -> None:
-        """``started_at`` is None for a call that ended before it started: no call-started."""
+        """``started_at`` is None for a call that ended before it started: no call-started.
+
+        ``custom``: the user's own attributes for the call span (validated, never ours).
+        """
         self._tracer = tracer
         self._identity = identity
         self._capacity = segment_capacity()
         self._limit = value_limit()
+        self._closed = False
         ids = identity.id_attributes()
         start_attrs: dict[str, AttributeValue] = {**ids, sc.AGENT_ID: identity.agent_id}
         _put(start_attrs, sc.CALL_STARTED_AT, started_at)
@@ -116,7 +121,7 @@ class CallRecord:
             sc.SPAN_CALL,
             context=parent,
             kind=SpanKind.INTERNAL,
-            attributes=start_attrs,
+            attributes={**(custom or {}), **start_attrs},
             start_time=start_ns,
         )
         self._call_ctx = set_span_in_context(self.call_span)
@@ -221,6 +226,13 @@ class CallRecord:
             self._segment.end()
             self._segment = None
 
+    def set_custom(self, attributes: Mapping[str, AttributeValue]) -> bool:
+        """The user's attributes on the call span; False once the call has ended."""
+        if self._closed:
+            return False
+        self.call_span.set_attributes(attributes)
+        return True
+
     def close(self, attributes: Mapping[str, AttributeValue], *, end_ns: int) -> None:
         """End the call: the last segment first, so the exporter has every event it counts."""
         for tool_call_id in list(self._tools):
@@ -237,4 +249,5 @@ class CallRecord:
             }
         )
         self.call_span.add_event(sc.EVENT_CALL_ENDED, timestamp=end_ns)
+        self._closed = True
         self.call_span.end(end_time=end_ns)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import trace
@@ -39,7 +39,7 @@ from pipecat.observers.base_observer import BaseObserver, FramePushed
 from pipecat.processors.audio.audio_buffer_processor import AudioBufferProcessor
 from pipecat.utils.asyncio.task_manager import BaseTaskManager
 
-from . import _compat, _errors
+from . import _attributes, _compat, _errors
 from . import semconv as sc
 from ._capture import CallCapture, Record, Redactor, Role, iso_from_ns, redacted
 from ._identity import initial_call_id
@@ -119,6 +119,7 @@ class RoarkObserver(BaseObserver):
         audio_buffer_processor: AudioBufferProcessor | None = None,
         redact: Redactor | None = None,
         recording_target: ChunkTarget | None = None,
+        attributes: Mapping[str, AttributeValue] | None = None,
     ) -> None:
         # Capture rules 3 and 7: every push, so the output transport's release is seen.
         super().__init__()
@@ -133,6 +134,7 @@ class RoarkObserver(BaseObserver):
         self._recording_target = recording_target
         fleet = recording_target is not None and api_key is None
         self._settings = None if fleet else self._resolve_settings(api_key, base_url)
+        self._custom = _attributes.resolve(attributes)
         self._conversation_id, self._id_is_explicit = initial_call_id(
             conversation_id or pipecat_call_id, runner_args
         )
@@ -183,6 +185,22 @@ class RoarkObserver(BaseObserver):
     def trace_id(self) -> str | None:
         """Hex trace id of the call span, once the call has started."""
         return self._record.trace_id if self._record else None
+
+    def set_attributes(self, attributes: Mapping[str, AttributeValue]) -> None:
+        """Add attributes to the call while it runs (say, once the customer is known).
+
+        They land on our call span and, where Pipecat lets us, on its ``conversation``
+        span. Never raises: a bad or late attribute is logged and counted.
+        """
+        with _errors.guard("set_attributes"):
+            accepted = _attributes.accept(attributes, self._conversation_id)
+            if not accepted:
+                return
+            if self._record is not None and not self._record.set_custom(accepted):
+                _attributes.reject_late(self._conversation_id, len(accepted))
+                return
+            self._custom.update(accepted)
+            self._tracing.add_conversation_attributes(accepted)
 
     async def aflush(self, *, reason: str = "client-disconnected") -> None:
         """End the call now (wire to a transport's disconnect handler). Idempotent."""
@@ -428,6 +446,7 @@ class RoarkObserver(BaseObserver):
             return
         self._identity_synced = True
         self._tracing = _compat.PipecatTracing(worker)
+        self._tracing.add_conversation_attributes(self._custom)
         task_id = self._tracing.task_conversation_id()
         if task_id and not self._id_is_explicit:
             self._conversation_id = task_id
@@ -498,6 +517,7 @@ class RoarkObserver(BaseObserver):
             parent=parent,
             start_ns=start_ns,
             started_at=iso_from_ns(start_ns) if started else None,
+            custom=self._custom,
         )
         target = self._recording_target or (exporter.engine if exporter else None)
         if isinstance(target, TraceBoundTarget):

@@ -91,6 +91,18 @@ CONTENT_ATTRIBUTES: Final = frozenset(
 
 SPAN_NAMES: Final = frozenset({SPAN_CALL, SPAN_CALL_START, SPAN_CALL_SEGMENT})
 
+# What custom attributes (``RoarkObserver(attributes=...)``) may not set: every name
+# above, Pipecat's ``conversation.type``, and anything under ``roark.``.
+RESERVED_ATTRIBUTES: Final = frozenset(
+    {
+        value
+        for key, value in dict(globals()).items()
+        if key.isupper() and isinstance(value, str) and key != "INSTRUMENTATION_SCOPE"
+    }
+    | {"conversation.type"}
+)
+RESERVED_PREFIXES: Final = ("roark.",)
+
 
 def part_key(key: str, index: int) -> str:
     """Where part ``index`` (from 1) of a string longer than the SDK's value limit goes."""
