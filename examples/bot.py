@@ -102,7 +102,7 @@ def setup_tracing() -> TracerProvider:
 def build_task(
     transport: BaseTransport, runner_args: Any = None, *, sample_rate: int | None = None
 ) -> tuple[PipelineTask, RoarkObserver]:
-    """The pipeline, with the observer and its recorder wired in.
+    """The pipeline, with the observer wired in (it records the call too).
 
     ``sample_rate`` pins the pipeline's audio rate (8000 on a phone line); by default
     Pipecat picks its own.
@@ -139,8 +139,7 @@ def build_task(
             aggregators.user(),
             llm,
             tts,
-            transport.output(),
-            roark.audio_processor,  # after transport.output(): L = user, R = bot
+            transport.output(),  # the observer records what it plays: L = user, R = bot
             aggregators.assistant(),
         ]
     )

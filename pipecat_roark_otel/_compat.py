@@ -13,6 +13,7 @@ from opentelemetry.util.types import AttributeValue
 from pipecat.frames.frames import StartFrame
 from pipecat.processors.audio.audio_buffer_processor import AudioBufferProcessor
 from pipecat.processors.frame_processor import FrameProcessor
+from pipecat.transports.base_input import BaseInputTransport
 from pipecat.transports.base_output import BaseOutputTransport
 
 from ._capture import Service
@@ -42,6 +43,20 @@ def service_kind(processor: object) -> Service | None:
 
 def is_output_transport(processor: object) -> bool:
     return isinstance(processor, BaseOutputTransport)
+
+
+def is_input_transport(processor: object) -> bool:
+    return isinstance(processor, BaseInputTransport)
+
+
+def output_sample_rate(frame: StartFrame) -> int:
+    """The pipeline's output rate, as its StartFrame carries it; 0 if it does not."""
+    try:
+        # Deprecated field since 1.8 (still set); read without the warning.
+        rate = object.__getattribute__(frame, "audio_out_sample_rate")
+    except AttributeError:
+        return 0
+    return rate if isinstance(rate, int) else 0
 
 
 def is_recording(processor: AudioBufferProcessor) -> bool:

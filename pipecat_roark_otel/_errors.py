@@ -49,14 +49,21 @@ def count_drop(reason: str, n: int = 1) -> None:
         dropped[reason] += n
 
 
+def report(where: str) -> bool:
+    """Inside ``except``: count and log the internal error; True if the caller must re-raise."""
+    count_drop(f"internal_error:{where}")
+    if _raise_internal_errors:
+        return True
+    if should_log(f"guard:{where}"):
+        logger.exception("pipecat-roark-otel internal error in %s; the call goes on", where)
+    return False
+
+
 @contextmanager
 def guard(where: str) -> Iterator[None]:
     """Log an internal error once per ``where`` and carry on."""
     try:
         yield
     except Exception:
-        count_drop(f"internal_error:{where}")
-        if _raise_internal_errors:
+        if report(where):
             raise
-        if should_log(f"guard:{where}"):
-            logger.exception("pipecat-roark-otel internal error in %s; the call goes on", where)

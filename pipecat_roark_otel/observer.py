@@ -37,6 +37,7 @@ from pipecat.frames.frames import (
 from pipecat.metrics.metrics import LLMUsageMetricsData, TTFBMetricsData
 from pipecat.observers.base_observer import BaseObserver, FramePushed
 from pipecat.processors.audio.audio_buffer_processor import AudioBufferProcessor
+from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipecat.utils.asyncio.task_manager import BaseTaskManager
 
 from . import _attributes, _compat, _errors
@@ -46,7 +47,9 @@ from ._identity import initial_call_id
 from ._record import CallIdentity, CallRecord
 from ._version import __version__
 from .audio._chunks import ChunkSink, ChunkTarget, TraceBoundTarget
-from .audio._recorder import RoarkAudioRecorder
+from .audio._processor import RoarkAudioRecorder
+from .audio._recorder import ObservedRecorder
+from .audio._timeline import RecordingTimeline
 from .config import RoarkSettings, resolve_settings
 from .exporter._exporter import RoarkSpanExporter, active_exporter
 
@@ -117,6 +120,7 @@ class RoarkObserver(BaseObserver):
         runner_args: object = None,
         tracer_provider: TracerProvider | None = None,
         audio_buffer_processor: AudioBufferProcessor | None = None,
+        record_audio: bool = True,
         redact: Redactor | None = None,
         recording_target: ChunkTarget | None = None,
         attributes: Mapping[str, AttributeValue] | None = None,
@@ -142,14 +146,23 @@ class RoarkObserver(BaseObserver):
         self._agent = (agent_id, agent_name, agent_prompt)
         self._tracer_provider = tracer_provider
         self._private: SdkTracerProvider | None = None
-        self._owns_recorder = audio_buffer_processor is None
-        self.audio_processor: AudioBufferProcessor = audio_buffer_processor or RoarkAudioRecorder()
         self._chunks = ChunkSink()
-        self.audio_processor.add_event_handler("on_audio_data", self._chunks.on_audio_data)
+        # The recording: from observed frames unless a processor of ours or the user's
+        # records (decided at the StartFrame); never both.
+        self._record_audio = record_audio
+        self._user_processor = audio_buffer_processor
+        self._companion: RoarkAudioRecorder | None = None
+        if audio_buffer_processor is not None:
+            audio_buffer_processor.add_event_handler("on_audio_data", self._chunks.on_audio_data)
+        self.recording = ObservedRecorder()
+        self.recording.add_listener(self._chunks.add)
+        self._hop_free: bool | None = None
+        self._user_source: FrameProcessor | None = None
+        self._bot_source: FrameProcessor | None = None
 
         self._redact = redact
         self._capture = CallCapture()
-        if isinstance(self.audio_processor, RoarkAudioRecorder):
+        if audio_buffer_processor is None:
             self._capture.position_ms = self._recording_position
         self._record: CallRecord | None = None
         self._pending: list[Record] = []
@@ -180,6 +193,20 @@ class RoarkObserver(BaseObserver):
     @property
     def pipecat_call_id(self) -> str:
         return self._conversation_id
+
+    @property
+    def audio_processor(self) -> AudioBufferProcessor:
+        """A recorder to splice after ``transport.output()``, for setups that want one.
+
+        Not needed: by default the call is recorded from the frames the observer sees.
+        Once spliced, it records instead (the ``audio_buffer_processor`` if one was given).
+        """
+        if self._user_processor is not None:
+            return self._user_processor
+        if self._companion is None:
+            self._companion = RoarkAudioRecorder()
+            self._companion.add_event_handler("on_audio_data", self._chunks.on_audio_data)
+        return self._companion
 
     @property
     def trace_id(self) -> str | None:
@@ -213,8 +240,9 @@ class RoarkObserver(BaseObserver):
         await super().setup(task_manager)
         with _errors.guard("setup"):
             # Capture rule 12: a user's recorder is armed only if it is not already.
-            if not self._owns_recorder and not _compat.is_recording(self.audio_processor):
-                await _compat.start_recording(self.audio_processor)
+            user = self._user_processor
+            if user is not None and not _compat.is_recording(user):
+                await _compat.start_recording(user)
 
     async def cleanup(self) -> None:
         """Pipecat drops an observer's unprocessed queue when the pipeline finishes.
@@ -237,7 +265,7 @@ class RoarkObserver(BaseObserver):
             await self._open(started=True)
 
     async def on_push_frame(self, data: FramePushed) -> None:
-        # Hot path: most pushes (audio, once anchored) end at this one dict lookup.
+        # Hot path: one dict lookup per push; audio goes on only at the hop it is heard.
         cls = type(data.frame)
         try:
             handler = self._dispatch[cls]
@@ -245,18 +273,27 @@ class RoarkObserver(BaseObserver):
             handler = self._dispatch[cls] = self._handler_for(cls)
         if handler is None:
             return
-        with _errors.guard("on_push_frame"):
+        try:
             pending = handler(data)
             if pending is not None:
                 await pending
+        except Exception:
+            # The guard, inline: a `with` block would cost every audio hop.
+            if _errors.report("on_push_frame"):
+                raise
 
     # -- dispatch -------------------------------------------------------------
 
     def _handler_for(self, cls: type) -> Handler | None:
-        anchored = self._capture.anchor_ns is not None or self._capture.position_ms is not None
-        audio = None if anchored else self._on_audio
+        user_audio: Handler | None = None
+        bot_audio: Handler | None = None
+        if self._hop_free:
+            user_audio, bot_audio = self._on_user_audio, self._on_bot_audio
+        elif self._user_processor is not None and self._capture.anchor_ns is None:
+            user_audio = bot_audio = self._on_audio
         table: list[tuple[type | tuple[type, ...], Handler | None]] = [
-            ((InputAudioRawFrame, OutputAudioRawFrame), audio),
+            (InputAudioRawFrame, user_audio),
+            (OutputAudioRawFrame, bot_audio),
             (TTSTextFrame, self._on_tts_text),
             (StartFrame, self._on_start),
             ((EndFrame, StopFrame, CancelFrame), self._on_end_frame),
@@ -286,26 +323,72 @@ class RoarkObserver(BaseObserver):
             return int(data.timestamp) + self._clock_offset
         return time.time_ns()
 
+    def _timelines(self) -> tuple[RecordingTimeline, RecordingTimeline] | None:
+        """(user, bot) timelines of whichever of our recorders records this call."""
+        if self._hop_free:
+            return self.recording.user_timeline, self.recording.bot_timeline
+        if self._companion is not None and self._companion.spliced:
+            return self._companion.user_timeline, self._companion.bot_timeline
+        return None
+
     def _recording_position(self, unix_ns: int, track: Role) -> float | None:
-        recorder = self.audio_processor
-        if self._clock_offset is None or not isinstance(recorder, RoarkAudioRecorder):
+        timelines = self._timelines()
+        if self._clock_offset is None or timelines is None:
             return None
         clock_ns = unix_ns - self._clock_offset
-        own, other = (
-            (recorder.user_timeline, recorder.bot_timeline)
-            if track == "user"
-            else (recorder.bot_timeline, recorder.user_timeline)
-        )
+        user, bot = timelines
+        own, other = (user, bot) if track == "user" else (bot, user)
         position = own.position_ms(clock_ns)
         return position if position is not None else other.position_ms(clock_ns)
 
+    def _start_recording(self, frame: Frame) -> None:
+        """At the first StartFrame every processor is set up: is a recorder of ours spliced?"""
+        spliced = self._companion is not None and self._companion.spliced
+        self._hop_free = (
+            self._record_audio
+            and self._user_processor is None
+            and not spliced
+            and isinstance(frame, StartFrame)
+        )
+        if self._hop_free:
+            assert isinstance(frame, StartFrame)
+            self.recording.start(_compat.output_sample_rate(frame))
+        self._dispatch.clear()
+
+    def _on_user_audio(self, data: FramePushed) -> None:
+        # Capture rule 1 for audio: taken once, where it leaves the input transport.
+        source = data.source
+        if source is not self._user_source:
+            if self._user_source is not None or data.direction is not FrameDirection.DOWNSTREAM:
+                return
+            # No input transport: the processor that makes the user's audio.
+            self._user_source = source
+        f: Any = data.frame
+        self.recording.user_audio(f.audio, f.sample_rate, f.num_channels, data.timestamp)
+
+    def _on_bot_audio(self, data: FramePushed) -> None:
+        # Capture rule 7 for audio: what leaves the output transport is what played.
+        source = data.source
+        if source is not self._bot_source:
+            if self._bot_source is not None:
+                return
+            if _compat.is_output_transport(data.destination):
+                self._bot_source = data.destination
+                return
+            # No output transport: the processor that makes the bot's audio.
+            self._bot_source = source
+        f: Any = data.frame
+        self.recording.bot_audio(f.audio, f.sample_rate, f.num_channels, data.timestamp)
+
     def _on_audio(self, data: FramePushed) -> None:
         # Capture rule 13, for a user's recorder: sample 0 is the first audio frame it keeps.
+        user = self._user_processor
         if (
-            self._capture.anchor_ns is None
-            and data.destination is self.audio_processor
+            user is not None
+            and self._capture.anchor_ns is None
+            and data.destination is user
             and getattr(data.frame, "audio", None)
-            and _compat.is_recording(self.audio_processor)
+            and _compat.is_recording(user)
         ):
             self._capture.anchor_ns = self._now(data)
             # Anchored: audio frames need nothing more from us.
@@ -322,11 +405,20 @@ class RoarkObserver(BaseObserver):
             self._tracing = _compat.PipecatTracing(
                 context=_compat.start_frame_tracing_context(data.frame)
             )
+        if self._hop_free is None:
+            self._start_recording(data.frame)
         if _compat.is_output_transport(data.source):
             self._capture.has_output_transport = True
-        if not self._owns_recorder and not _compat.is_recording(self.audio_processor):
+        if self._bot_source is None:
+            for processor in (data.source, data.destination):
+                if _compat.is_output_transport(processor):
+                    self._bot_source = processor
+        if self._user_source is None and _compat.is_input_transport(data.source):
+            self._user_source = data.source
+        user = self._user_processor
+        if user is not None and not _compat.is_recording(user):
             # Pipecat without observer setup(): arm the user's recorder as early as we can.
-            return _compat.start_recording(self.audio_processor)
+            return _compat.start_recording(user)
         return None
 
     def _on_tts_text(self, data: FramePushed) -> None:
@@ -385,12 +477,16 @@ class RoarkObserver(BaseObserver):
                 language=getattr(frame, "language", None),
             )
         elif isinstance(frame, UserStartedSpeakingFrame):
+            self.recording.user_speaking(True)
             records = cap.user_started(now)
         elif isinstance(frame, UserStoppedSpeakingFrame):
+            self.recording.user_speaking(False)
             cap.user_stopped(now)
         elif isinstance(frame, BotStartedSpeakingFrame):
+            self.recording.bot_speaking(True)
             records = cap.bot_started(now)
         elif isinstance(frame, BotStoppedSpeakingFrame):
+            self.recording.bot_speaking(False)
             records = cap.bot_stopped(now)
         elif isinstance(frame, InterruptionFrame):
             records = cap.bot_stopped(now, interrupted=True)
@@ -565,7 +661,11 @@ class RoarkObserver(BaseObserver):
 
     async def _close_recording(self) -> None:
         """Capture rule 14: the tail reaches the outbox before the call span ends."""
-        processor = self.audio_processor
+        self.recording.stop()
+        processor = self._user_processor or self._companion
+        if processor is None:
+            self._chunks.close()
+            return
         if _compat.is_recording(processor):
             await _compat.stop_recording(processor)
         if not await _compat.wait_for_audio_handlers(processor, AUDIO_HANDLER_TIMEOUT_S):

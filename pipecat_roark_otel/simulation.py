@@ -423,15 +423,17 @@ async def run_simulated_call(
     audio_out_sample_rate: int = 24_000,
     recorder: FrameProcessor | None = None,
 ) -> SimulatedCall:
-    """Run one scripted call through a real ``PipelineTask`` with ``observer`` attached."""
+    """Run one scripted call through a real ``PipelineTask`` with ``observer`` attached.
+
+    ``recorder`` is spliced after the output transport; without one the observer records.
+    """
     from pipecat.pipeline.pipeline import Pipeline
     from pipecat.pipeline.runner import PipelineRunner
     from pipecat.pipeline.task import PipelineParams, PipelineTask
 
     call = SimulatedCall(script or DEFAULT_SCRIPT)
-    rec = recorder if recorder is not None else getattr(observer, "audio_processor", None)
     task = PipelineTask(
-        Pipeline(call.processors(rec)),
+        Pipeline(call.processors(recorder)),
         params=PipelineParams(
             audio_out_sample_rate=audio_out_sample_rate,
             enable_metrics=True,

@@ -93,11 +93,11 @@ class Calls:
         chunks: list[bytes] = []
         self.recorded[call_id] = b""
 
-        async def keep(_p: object, audio: bytes, _sr: int, _ch: int) -> None:
-            chunks.append(bytes(audio))
+        def keep(audio: bytes, _sr: int, _ch: int) -> None:
+            chunks.append(audio)
             self.recorded[call_id] = b"".join(chunks)
 
-        observer.audio_processor.add_event_handler("on_audio_data", keep)
+        observer.recording.add_listener(keep)
         return observer
 
     async def one(self, call_id: str) -> None:

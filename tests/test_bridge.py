@@ -27,7 +27,7 @@ from pipecat_roark_otel.devserver import LocalRoark
 from pipecat_roark_otel.simulation import run_simulated_call
 
 from .conftest import TOKEN, BridgeFactory, Otel
-from .test_recording import Wav, record_output
+from .test_recording import Wav
 
 
 def _otlp_exporter(bridge: RoarkBridge, protocol: str) -> SpanExporter:
@@ -69,7 +69,8 @@ async def test_recording_crosses_the_bridge_byte_exact(
     )
     try:
         observer = RoarkObserver(agent_id="fleet-bot", recording_target=OTLPRecordingTarget(logs))
-        recorded = record_output(observer.audio_processor)
+        recorded: list[bytes] = []
+        observer.recording.add_listener(lambda pcm, _rate, _channels: recorded.append(pcm))
         await run_simulated_call(observer, audio_out_sample_rate=16_000)
         assert otel.force_flush()
         assert logs.force_flush()

@@ -30,10 +30,7 @@ async def _call(
 ) -> dict:
     recorded: list[bytes] = []
 
-    async def keep(_p: object, audio: bytes, _sr: int, _ch: int) -> None:
-        recorded.append(audio)
-
-    observer.audio_processor.add_event_handler("on_audio_data", keep)
+    observer.recording.add_listener(lambda audio, _sr, _ch: recorded.append(audio))
     await run_simulated_call(observer, **kwargs)  # type: ignore[arg-type]
     assert exporter.force_flush(15_000)
     call = roark.wait_for_call_ended(observer.conversation_id, timeout=15)

@@ -14,6 +14,7 @@ def test_public_names_are_pinned() -> None:
     assert pipecat_roark_otel.audio.__all__ == [
         "DEFAULT_CHUNK_BYTES",
         "OTLPRecordingTarget",
+        "ObservedRecorder",
         "RoarkAudioRecorder",
     ]
     for module in (pipecat_roark_otel, pipecat_roark_otel.exporter, pipecat_roark_otel.audio):

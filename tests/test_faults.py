@@ -77,14 +77,18 @@ class Rig:
     spool: Path
     recorded: dict[str, list[bytes]] = field(default_factory=dict)
 
-    def observer(self, call_id: str, **kwargs: Any) -> RoarkObserver:
+    def observer(self, call_id: str, *, spliced: bool = False, **kwargs: Any) -> RoarkObserver:
+        """An observer whose recording is kept; ``spliced``: by ``audio_processor``."""
         observer = RoarkObserver(agent_id="fault-bot", conversation_id=call_id, **kwargs)
         chunks = self.recorded.setdefault(call_id, [])
 
         async def keep(_p: object, audio: bytes, _sr: int, _ch: int) -> None:
             chunks.append(bytes(audio))
 
-        observer.audio_processor.add_event_handler("on_audio_data", keep)
+        if spliced:
+            observer.audio_processor.add_event_handler("on_audio_data", keep)
+        else:
+            observer.recording.add_listener(lambda audio, _sr, _ch: chunks.append(audio))
         return observer
 
     async def call(self, call_id: str, script: Script = SCRIPT) -> RoarkObserver:
@@ -275,7 +279,7 @@ async def test_task_cancelled_while_call_ended_is_being_sent(rig: Rig) -> None:
     from pipecat_roark_otel.simulation import SimulatedCall
 
     rig.roark.faults.set_latency(0.2)
-    observer = rig.observer("cancel-1")
+    observer = rig.observer("cancel-1", spliced=True)
     sim = SimulatedCall(SCRIPT)
     ending = asyncio.Event()
 

@@ -1,12 +1,16 @@
 """The recording issue, end to end: real PipelineTasks record, the local Roark assembles the WAV.
 
 Every test compares the WAV Roark built from the uploaded chunks with the PCM the
-recorder handed to its ``on_audio_data`` handlers in-process: byte for byte.
+recorder handed out in-process: byte for byte. The recording tests run twice: with the
+default recorder (from observed frames, nothing in the pipeline) and with
+``observer.audio_processor`` spliced after the output transport.
 """
 
 from __future__ import annotations
 
+import asyncio
 import io
+import math
 import struct
 import threading
 import time
@@ -16,17 +20,34 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from pipecat.frames.frames import (
+    EndTaskFrame,
+    Frame,
+    InputAudioRawFrame,
+    StartFrame,
+    TTSAudioRawFrame,
+)
 from pipecat.pipeline.pipeline import Pipeline
 from pipecat.pipeline.runner import PipelineRunner
 from pipecat.pipeline.task import PipelineParams, PipelineTask
 from pipecat.processors.audio.audio_buffer_processor import AudioBufferProcessor
+from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
+from pipecat.transports.base_input import BaseInputTransport
+from pipecat.transports.base_transport import TransportParams
 
 from pipecat_roark_otel import RoarkObserver
 from pipecat_roark_otel import semconv as sc
 from pipecat_roark_otel.audio import DEFAULT_CHUNK_BYTES
 from pipecat_roark_otel.devserver import LocalRoark
 from pipecat_roark_otel.exporter import RoarkSpanExporter
-from pipecat_roark_otel.simulation import DEFAULT_SCRIPT, Exchange, Script, SimulatedCall
+from pipecat_roark_otel.simulation import (
+    DEFAULT_SCRIPT,
+    INPUT_RATE,
+    Exchange,
+    Script,
+    SimulatedCall,
+    SimulatedOutputTransport,
+)
 from pipecat_roark_otel.simulation import run_simulated_call as _run_simulated_call
 
 from .conftest import Otel
@@ -103,6 +124,22 @@ def record_output(processor: AudioBufferProcessor) -> list[bytes]:
     return chunks
 
 
+def observed_output(observer: RoarkObserver) -> list[bytes]:
+    """The default recorder's output, chunk by chunk, as its listeners get it."""
+    chunks: list[bytes] = []
+    observer.recording.add_listener(lambda pcm, _rate, _channels: chunks.append(pcm))
+    return chunks
+
+
+MODES = ["observed", "spliced"]
+
+
+@pytest.fixture(params=MODES)
+def mode(request: pytest.FixtureRequest) -> str:
+    mode: str = request.param
+    return mode
+
+
 @dataclass
 class Delivered:
     call: dict[str, Any]
@@ -133,11 +170,21 @@ class Delivered:
 
 
 async def run_call(
-    observer: RoarkObserver, *, script: Script = DEFAULT_SCRIPT, **kwargs: Any
+    observer: RoarkObserver,
+    *,
+    mode: str = "observed",
+    script: Script = DEFAULT_SCRIPT,
+    **kwargs: Any,
 ) -> list[bytes]:
-    recorded = record_output(observer.audio_processor)
-    await _run_simulated_call(observer, script=script, **kwargs)
-    return recorded
+    """One simulated call; the output of the recorder ``mode`` names (the other stays off)."""
+    observed = observed_output(observer)
+    if mode == "observed":
+        await _run_simulated_call(observer, script=script, **kwargs)
+        return observed
+    spliced = record_output(observer.audio_processor)
+    await _run_simulated_call(observer, script=script, recorder=observer.audio_processor, **kwargs)
+    assert observed == [], "a spliced recorder records alone: the call is never recorded twice"
+    return spliced
 
 
 def deliver(
@@ -179,11 +226,11 @@ def greeting_is_recorded(wav: Wav, words: int) -> None:
 
 
 async def test_call_recording_is_byte_exact_and_keeps_the_greeting(
-    exporter: RoarkSpanExporter, roark: LocalRoark, otel: Otel
+    mode: str, exporter: RoarkSpanExporter, roark: LocalRoark, otel: Otel
 ) -> None:
     """Greeting, a tool call, several turns, an interruption; the WAV is the recorder's PCM."""
     observer = RoarkObserver(agent_id="a")
-    recorded = await run_call(observer)
+    recorded = await run_call(observer, mode=mode)
     got = deliver(exporter, roark, observer, recorded)
 
     got.assert_byte_exact()
@@ -225,10 +272,10 @@ async def test_call_recording_is_byte_exact_and_keeps_the_greeting(
 
 @pytest.mark.parametrize("rate", [8_000, 16_000, 24_000, 48_000])
 async def test_wav_has_the_pipelines_sample_rate(
-    rate: int, exporter: RoarkSpanExporter, roark: LocalRoark, otel: Otel
+    rate: int, mode: str, exporter: RoarkSpanExporter, roark: LocalRoark, otel: Otel
 ) -> None:
     observer = RoarkObserver(agent_id="a")
-    recorded = await run_call(observer, script=SHORT, audio_out_sample_rate=rate)
+    recorded = await run_call(observer, mode=mode, script=SHORT, audio_out_sample_rate=rate)
     got = deliver(exporter, roark, observer, recorded)
 
     got.assert_byte_exact()
@@ -239,10 +286,10 @@ async def test_wav_has_the_pipelines_sample_rate(
 
 
 async def test_call_span_carries_the_recordings_facts(
-    exporter: RoarkSpanExporter, roark: LocalRoark, otel: Otel
+    mode: str, exporter: RoarkSpanExporter, roark: LocalRoark, otel: Otel
 ) -> None:
     observer = RoarkObserver(agent_id="a")
-    recorded = await run_call(observer, audio_out_sample_rate=48_000)
+    recorded = await run_call(observer, mode=mode, audio_out_sample_rate=48_000)
     got = deliver(exporter, roark, observer, recorded)
     got.assert_byte_exact()
 
@@ -256,12 +303,12 @@ async def test_call_span_carries_the_recordings_facts(
     assert got.ended["recordingNumChannels"] == attrs[sc.RECORDING_CHANNELS]
 
 
-async def test_no_recorder_in_the_pipeline_means_no_recording(
+async def test_record_audio_off_means_no_recording(
     exporter: RoarkSpanExporter, roark: LocalRoark, otel: Otel
 ) -> None:
-    """The user forgot to splice ``observer.audio_processor``: no chunks, no recording fields."""
-    observer = RoarkObserver(agent_id="a")
-    recorded = record_output(observer.audio_processor)
+    """``record_audio=False``: no chunks, no recording fields; the call itself still arrives."""
+    observer = RoarkObserver(agent_id="a", record_audio=False)
+    recorded = observed_output(observer)
     sim = SimulatedCall(SHORT)
     task = PipelineTask(
         Pipeline(sim.processors(None)),
@@ -429,7 +476,7 @@ async def test_bring_your_own_processor(
         await processor.start_recording()
     observer = RoarkObserver(agent_id="a", audio_buffer_processor=processor)
     assert observer.audio_processor is processor
-    recorded = await run_call(observer)
+    recorded = await run_call(observer, mode="spliced")
     got = deliver(exporter, roark, observer, recorded)
 
     # Armed once: by the user, or by the observer before any audio; never reset.
@@ -452,10 +499,10 @@ def _channel(role: str) -> int:
 
 
 async def _real_time_call(
-    exporter: RoarkSpanExporter, roark: LocalRoark
+    exporter: RoarkSpanExporter, roark: LocalRoark, mode: str
 ) -> tuple[list[dict[str, Any]], Wav]:
     observer = RoarkObserver(agent_id="a")
-    recorded = await run_call(observer, script=REAL_TIME)
+    recorded = await run_call(observer, mode=mode, script=REAL_TIME)
     got = deliver(exporter, roark, observer, recorded)
     got.assert_byte_exact()
     turns = got.ended["transcript"]
@@ -464,20 +511,20 @@ async def _real_time_call(
 
 
 async def test_turn_windows_hold_the_speakers_audio(
-    exporter: RoarkSpanExporter, roark: LocalRoark, otel: Otel
+    mode: str, exporter: RoarkSpanExporter, roark: LocalRoark, otel: Otel
 ) -> None:
     """Each turn's offset window (±100 ms) has its speaker's tone on its channel."""
-    turns, wav = await _real_time_call(exporter, roark)
+    turns, wav = await _real_time_call(exporter, roark, mode)
     for turn in turns:
         start, end = turn["audioOffsetMs"], turn["endAudioOffsetMs"]
         assert wav.voiced_ms(_channel(turn["role"]), start - TOLERANCE_MS, end + TOLERANCE_MS)
 
 
 async def test_turn_offsets_line_up_with_the_wav(
-    exporter: RoarkSpanExporter, roark: LocalRoark, otel: Otel
+    mode: str, exporter: RoarkSpanExporter, roark: LocalRoark, otel: Otel
 ) -> None:
     """Onset and end of each turn match its speaker's audio in the WAV within 100 ms."""
-    turns, wav = await _real_time_call(exporter, roark)
+    turns, wav = await _real_time_call(exporter, roark, mode)
     assert turns[-1]["endAudioOffsetMs"] <= wav.duration_ms + TOLERANCE_MS
     for turn in turns:
         start, end = turn["audioOffsetMs"], turn["endAudioOffsetMs"]
@@ -485,3 +532,96 @@ async def test_turn_offsets_line_up_with_the_wav(
         nearest = min(runs, key=lambda run: abs(run[0] - start))
         assert abs(nearest[0] - start) <= TOLERANCE_MS, (turn["role"], start, runs)
         assert abs(nearest[1] - end) <= TOLERANCE_MS + 50, (turn["role"], end, runs)
+
+
+# -- the default recorder takes each frame once, where it is heard ----------------------------
+
+
+def _tone(n: int, rate: int) -> bytes:
+    """``n`` samples of a 400 Hz tone (a whole number of periods per 20 ms)."""
+    return struct.pack(
+        f"<{n}h", *(int(6000 * math.sin(2 * math.pi * 400 * i / rate)) for i in range(n))
+    )
+
+
+class ToneInput(BaseInputTransport):
+    """An input transport with ``ticks`` 20 ms frames of tone, through its own audio task."""
+
+    def __init__(self, ticks: int) -> None:
+        super().__init__(TransportParams(audio_in_enabled=True))
+        self._ticks = ticks
+        self._talk: asyncio.Task[None] | None = None
+
+    async def start(self, frame: StartFrame) -> None:
+        await super().start(frame)
+        await self.set_transport_ready(frame)
+        self._talk = self.create_task(self._run())
+
+    async def _run(self) -> None:
+        tone = _tone(INPUT_RATE // 50, INPUT_RATE)
+        for i in range(self._ticks):
+            await self.push_audio_frame(InputAudioRawFrame(tone, INPUT_RATE, 1))
+            await asyncio.sleep(0.005 if i else 0.05)
+        await self.push_frame(EndTaskFrame(), FrameDirection.UPSTREAM)
+
+    async def cleanup(self) -> None:
+        await super().cleanup()
+        if self._talk is not None:
+            await self.cancel_task(self._talk)
+
+
+class BotVoice(FrameProcessor):
+    """Says ``seconds`` of tone once the pipeline starts (TTS audio, as a TTS service pushes it)."""
+
+    def __init__(self, seconds: float, rate: int) -> None:
+        super().__init__()
+        self._seconds = seconds
+        self._rate = rate
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        await super().process_frame(frame, direction)
+        await self.push_frame(frame, direction)
+        if isinstance(frame, StartFrame):
+            tone = _tone(int(self._rate * self._seconds), self._rate)
+            await self.push_frame(TTSAudioRawFrame(tone, self._rate, 1))
+
+
+class PassAlong(FrameProcessor):
+    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        await super().process_frame(frame, direction)
+        await self.push_frame(frame, direction)
+
+
+async def test_each_audio_frame_is_recorded_once_where_it_is_heard(
+    exporter: RoarkSpanExporter, roark: LocalRoark, otel: Otel
+) -> None:
+    """Input transport → 3 hops → output transport: every frame is seen 4+ times, kept once."""
+    observer = RoarkObserver(agent_id="a")
+    recorded = observed_output(observer)
+    ticks, bot_s = 60, 0.8
+    pipeline = Pipeline(
+        [
+            ToneInput(ticks),
+            PassAlong(),
+            PassAlong(),
+            BotVoice(bot_s, 24_000),
+            PassAlong(),
+            SimulatedOutputTransport(speed=4.0),
+            PassAlong(),
+        ]
+    )
+    task = PipelineTask(
+        pipeline,
+        params=PipelineParams(audio_in_sample_rate=INPUT_RATE, audio_out_sample_rate=24_000),
+        observers=[observer],
+    )
+    runner = PipelineRunner(handle_sigint=False)
+    await runner.add_workers(task)
+    await runner.run()
+    got = deliver(exporter, roark, observer, recorded)
+
+    got.assert_byte_exact()
+    assert got.wav.rate == 24_000
+    # Once each: three more hops would triple a track.
+    assert abs(got.wav.voiced_ms(USER) - ticks * 20) <= 40
+    assert abs(got.wav.voiced_ms(BOT) - bot_s * 1000) <= 40

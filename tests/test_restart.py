@@ -57,9 +57,7 @@ trace.set_tracer_provider(provider)
 async def one(cid):
     observer = RoarkObserver(agent_id="restart-bot", conversation_id=cid)
     chunks = []
-    async def keep(_p, audio, _sr, _ch):
-        chunks.append(bytes(audio))
-    observer.audio_processor.add_event_handler("on_audio_data", keep)
+    observer.recording.add_listener(lambda audio, _sr, _ch: chunks.append(audio))
     await run_simulated_call(observer, script=dataclasses.replace(DEFAULT_SCRIPT, speed=8.0))
     part = Path(out, cid + ".part")  # renamed whole: the parent may kill us once it exists
     part.write_bytes(b"".join(chunks))

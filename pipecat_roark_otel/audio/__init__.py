@@ -1,8 +1,10 @@
-"""The companion recorder that streams the call's stereo recording to Roark."""
+"""The call's stereo recording: from observed frames by default, or a spliced processor."""
 
 from __future__ import annotations
 
+from ._chunks import DEFAULT_CHUNK_BYTES
 from ._otlp import OTLPRecordingTarget
-from ._recorder import DEFAULT_CHUNK_BYTES, RoarkAudioRecorder
+from ._processor import RoarkAudioRecorder
+from ._recorder import ObservedRecorder
 
-__all__ = ["DEFAULT_CHUNK_BYTES", "OTLPRecordingTarget", "RoarkAudioRecorder"]
+__all__ = ["DEFAULT_CHUNK_BYTES", "OTLPRecordingTarget", "ObservedRecorder", "RoarkAudioRecorder"]

@@ -8,6 +8,9 @@ from opentelemetry.trace import SpanContext
 
 from .. import _errors
 
+# What the reference uploads per chunk; the spliced recorder's buffer holds this per track.
+DEFAULT_CHUNK_BYTES = 256 * 1024
+
 
 class ChunkTarget(Protocol):
     def submit_chunk(

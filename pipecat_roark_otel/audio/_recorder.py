@@ -1,59 +1,205 @@
-"""The companion recorder: an AudioBufferProcessor that arms itself on its own StartFrame."""
+"""The default recorder: the stereo call (L = user, R = bot) from the audio frames observed.
+
+No processor in the pipeline. The observer hands over each audio frame once, at the
+hop where it is heard (leaving the input transport, leaving the output transport),
+with its push timestamp. Placement follows Pipecat's ``AudioBufferProcessor`` so the
+two recorders agree: a track is padded with silence over pauses longer than 200 ms
+of pipeline clock, and the quiet track is brought level with the one being written.
+Unlike it, the user track stays at its own rate and is resampled once per chunk.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Final
 
-from pipecat.frames.frames import Frame, InputAudioRawFrame, OutputAudioRawFrame, StartFrame
-from pipecat.processors.frame_processor import FrameDirection
+import numpy as np
+import soxr
 
-from .._compat import PositionTrackingRecorder, is_recording, start_recording
+from ._chunks import DEFAULT_CHUNK_BYTES
 from ._timeline import RecordingTimeline
 
-DEFAULT_CHUNK_BYTES = 256 * 1024
+Listener = Callable[[bytes, int, int], object]
+
+# Pipecat's AudioBufferProcessor threshold: a longer gap between frames is silence.
+_GAP_NS: Final = 200_000_000
+_ZEROS: Final = memoryview(bytes(64 * 1024))
 
 
-class RoarkAudioRecorder(PositionTrackingRecorder):
-    """Stereo (L = user, R = bot), ~256 KiB chunks, sample rate from the pipeline.
+def _pad(buf: bytearray, nbytes: int) -> None:
+    while nbytes > 0:
+        n = min(nbytes, len(_ZEROS))
+        buf += _ZEROS[:n]
+        nbytes -= n
 
-    Splice it after ``transport.output()`` so it hears the bot as played.
+
+class _Track:
+    """One channel at its own sample rate; ``level`` is silence owed before the next audio."""
+
+    __slots__ = (
+        "buf",
+        "convert",
+        "convert_rate",
+        "last_ns",
+        "level",
+        "rate",
+        "speaking",
+        "stream",
+        "timeline",
+    )
+
+    def __init__(self) -> None:
+        self.buf = bytearray()
+        self.rate = 0
+        self.level = 0  # samples (at ``rate``) the track is known to reach
+        self.last_ns: int | None = None
+        self.speaking = False
+        self.stream: soxr.ResampleStream | None = None  # track rate -> recording rate
+        self.convert: soxr.ResampleStream | None = None  # a stray frame -> track rate
+        self.convert_rate = 0
+        self.timeline = RecordingTimeline()
+
+    def samples(self) -> int:
+        return max(len(self.buf) >> 1, self.level)
+
+    def take(self, out_rate: int, *, last: bool) -> bytes:
+        """The track so far at the recording's rate; empties it."""
+        _pad(self.buf, 2 * self.level - len(self.buf))
+        data = bytes(self.buf)
+        self.buf.clear()
+        self.level = 0
+        if self.rate in (0, out_rate) or (not data and self.stream is None):
+            return data
+        if self.stream is None:
+            self.stream = soxr.ResampleStream(self.rate, out_rate, 1, dtype="int16", quality="HQ")
+        out = self.stream.resample_chunk(np.frombuffer(data, dtype=np.int16), last=last)
+        return bytes(out.astype(np.int16, copy=False).tobytes())
+
+
+class ObservedRecorder:
+    """Stereo PCM from observed frames, handed out in ~``chunk_bytes`` chunks.
+
+    Listeners get ``(pcm, sample_rate, num_channels)`` for each chunk, in order, on
+    the observer's task: they must not block (the Roark hand-off only enqueues).
     """
 
-    def __init__(
-        self,
-        *,
-        sample_rate: int | None = None,
-        num_channels: int = 2,
-        buffer_size: int = DEFAULT_CHUNK_BYTES,
-        **kwargs: Any,
-    ) -> None:
-        # Direct mode: frames are handled in the pusher's task, not through another queue
-        # hop, which is most of what a pass-through processor costs per frame.
-        kwargs.setdefault("enable_direct_mode", True)
-        super().__init__(
-            sample_rate=sample_rate, num_channels=num_channels, buffer_size=buffer_size, **kwargs
-        )
-        # One per track: Pipecat aligns the two only loosely while both are quiet.
-        self.user_timeline = RecordingTimeline()
-        self.bot_timeline = RecordingTimeline()
+    def __init__(self, *, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> None:
+        # Per track: a stereo chunk of ``chunk_bytes`` holds this many samples of each.
+        self._chunk_samples = max(1, chunk_bytes // 4)
+        self._listeners: list[Listener] = []
+        self._user = _Track()
+        self._bot = _Track()
+        self.user_timeline = self._user.timeline
+        self.bot_timeline = self._bot.timeline
+        self.sample_rate = 0
+        self.recording = False
+        self._emitted = 0  # samples per track already handed out
 
-    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
-        # Capture rule 11: armed inline, before any greeting audio can reach us.
-        if isinstance(frame, StartFrame) and not is_recording(self):
-            await start_recording(self)
-        if not isinstance(frame, (InputAudioRawFrame, OutputAudioRawFrame)):
-            await super().process_frame(frame, direction)
+    def add_listener(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
+    def start(self, sample_rate: int) -> None:
+        """Capture rule 15: the pipeline's output rate (its StartFrame); 0: the first frame's."""
+        if self.recording or self._emitted:
             return
-        bot = isinstance(frame, OutputAudioRawFrame)
-        before = self.position_ms(bot=bot)
-        await super().process_frame(frame, direction)
-        after = self.position_ms(bot=bot)
-        if after > before and is_recording(self):
-            # Capture rule 13: offsets on the recording's own clock, not the wall's.
-            # The audio just written ends now; it started one frame's length ago.
-            bytes_per_s = 2 * frame.num_channels * frame.sample_rate
-            duration_ms = min(after - before, len(frame.audio) * 1000 / bytes_per_s)
-            timeline = self.bot_timeline if bot else self.user_timeline
-            timeline.observe(
-                self.get_clock().get_time() - int(duration_ms * 1_000_000), after - duration_ms
-            )
+        self.sample_rate = max(0, sample_rate)
+        self.recording = True
+
+    def stop(self) -> None:
+        """The tail goes out now; later frames are ignored."""
+        if not self.recording:
+            return
+        self.recording = False
+        self._emit(last=True)
+
+    def user_speaking(self, speaking: bool) -> None:
+        self._user.speaking = speaking
+
+    def bot_speaking(self, speaking: bool) -> None:
+        self._bot.speaking = speaking
+
+    def user_audio(self, audio: bytes, sample_rate: int, num_channels: int, clock_ns: int) -> None:
+        if self.recording:
+            self._write(self._user, self._bot, audio, sample_rate, num_channels, clock_ns)
+
+    def bot_audio(self, audio: bytes, sample_rate: int, num_channels: int, clock_ns: int) -> None:
+        if self.recording:
+            self._write(self._bot, self._user, audio, sample_rate, num_channels, clock_ns)
+
+    # -- placement ------------------------------------------------------------
+
+    def _write(
+        self,
+        track: _Track,
+        other: _Track,
+        audio: bytes,
+        rate: int,
+        channels: int,
+        clock_ns: int,
+    ) -> None:
+        if not audio or rate <= 0:
+            return
+        if channels != 1:
+            audio = _mono(audio, channels)
+        if self.sample_rate == 0:
+            # The StartFrame did not say: the first audio decides.
+            self.sample_rate = rate
+        out_rate = self.sample_rate
+        if track.rate == 0:
+            # Silence owed so far was counted at the recording's rate.
+            track.level = track.level * rate // out_rate
+            track.rate = rate
+        elif rate != track.rate:
+            audio = _convert(track, audio, rate)
+        n = len(audio) >> 1
+        duration_ns = n * 1_000_000_000 // track.rate
+        if track.last_ns is not None:
+            gap_ns = clock_ns - track.last_ns - duration_ns
+            if gap_ns > _GAP_NS:
+                track.level = track.samples() + gap_ns * track.rate // 1_000_000_000
+        track.last_ns = clock_ns
+        at = track.samples()
+        at_out = at if track.rate == out_rate else at * out_rate // track.rate
+        if not other.speaking:
+            other_at = at_out if other.rate in (0, out_rate) else at_out * other.rate // out_rate
+            if other_at > other.level:
+                other.level = other_at
+            other.last_ns = clock_ns
+        # Capture rule 13: this frame's audio began one frame ago and lands at ``at_out``.
+        track.timeline.observe(clock_ns - duration_ns, (self._emitted + at_out) * 1000 / out_rate)
+        if at > len(track.buf) >> 1:
+            _pad(track.buf, 2 * at - len(track.buf))
+        track.buf += audio
+        if at_out + (n * out_rate // track.rate) >= self._chunk_samples:
+            self._emit(last=False)
+
+    def _emit(self, *, last: bool) -> None:
+        rate = self.sample_rate
+        user = self._user.take(rate, last=last)
+        bot = self._bot.take(rate, last=last)
+        n = max(len(user), len(bot)) >> 1
+        if n == 0:
+            return
+        stereo = np.zeros(2 * n, dtype=np.int16)
+        stereo[0 : 2 * (len(user) >> 1) : 2] = np.frombuffer(user, dtype=np.int16)
+        stereo[1 : 2 * (len(bot) >> 1) : 2] = np.frombuffer(bot, dtype=np.int16)
+        self._emitted += n
+        pcm = stereo.tobytes()
+        for listener in self._listeners:
+            listener(pcm, rate, 2)
+
+
+def _mono(audio: bytes, channels: int) -> bytes:
+    samples = np.frombuffer(audio, dtype=np.int16)
+    usable = len(samples) - len(samples) % channels
+    mixed = samples[:usable].reshape(-1, channels).mean(axis=1)
+    return bytes(mixed.astype(np.int16).tobytes())
+
+
+def _convert(track: _Track, audio: bytes, rate: int) -> bytes:
+    """A frame at another rate than the track's first (rare): brought to the track's rate."""
+    if track.convert is None or track.convert_rate != rate:
+        track.convert_rate = rate
+        track.convert = soxr.ResampleStream(rate, track.rate, 1, dtype="int16", quality="HQ")
+    out = track.convert.resample_chunk(np.frombuffer(audio, dtype=np.int16))
+    return bytes(out.astype(np.int16, copy=False).tobytes())

@@ -27,7 +27,12 @@ class RecordingTimeline:
 
     def observe(self, clock_ns: int, position_ms: float) -> None:
         """An audio frame starting at ``position_ms`` of the recording arrived at ``clock_ns``."""
-        expected = self.position_ms(clock_ns)
+        clocks = self._clock_ns
+        if clocks and clock_ns >= clocks[-1]:
+            # Per audio frame: frames come in clock order, so no search.
+            expected: float | None = self._position_ms[-1] + (clock_ns - clocks[-1]) / 1_000_000
+        else:
+            expected = self.position_ms(clock_ns)
         if expected is not None and abs(expected - position_ms) < _TOLERANCE_MS:
             return
         if self._clock_ns and clock_ns < self._clock_ns[-1]:
