@@ -58,9 +58,12 @@ WINDOW = 16  # frames in flight between the source and the sink
 UNREACHABLE_URL = "http://127.0.0.1:9"
 BENCH_KEY = "rk_bench"
 
-VARIANTS_PLAIN = ("none", "noop", "noop_first", "incumbent", "ours")
+# ours: the documented setup (the observer records); ours_spliced: roark.audio_processor
+# spliced after the pass-throughs, the incumbent's setup.
+VARIANTS_PLAIN = ("none", "noop", "noop_first", "incumbent", "ours", "ours_spliced")
 VARIANTS_TRACING = ("tracing", "noop+tracing", "incumbent+tracing", "ours+tracing")
-# Diagnostics: our recorder alone, with a no-op observer, and our observer without it.
+# Diagnostics: the spliced recorder alone, with a no-op observer, and our observer recording
+# nothing.
 VARIANTS_PARTS = ("recorder", "noop_rec", "ours_norec")
 
 
@@ -294,11 +297,15 @@ def make_observer(variant: str) -> tuple[BaseObserver | None, FrameProcessor | N
         from pipecat_roark_otel.audio import RoarkAudioRecorder
 
         return (BaseObserver() if kind == "noop_rec" else None), RoarkAudioRecorder()
-    if kind in ("ours", "ours_norec"):
+    if kind in ("ours", "ours_spliced", "ours_norec"):
         from pipecat_roark_otel import RoarkObserver
 
-        ours = RoarkObserver(agent_id="bench-agent", conversation_id=f"bench-{uuid.uuid4()}")
-        return ours, (ours.audio_processor if kind == "ours" else None)
+        ours = RoarkObserver(
+            agent_id="bench-agent",
+            conversation_id=f"bench-{uuid.uuid4()}",
+            record_audio=kind != "ours_norec",
+        )
+        return ours, (ours.audio_processor if kind == "ours_spliced" else None)
     raise ValueError(f"unknown variant {variant!r}")
 
 

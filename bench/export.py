@@ -80,13 +80,29 @@ def clone(spans: Sequence[ReadableSpan], call_id: str) -> list[ReadableSpan]:
 def local_roark(data_dir: Path) -> Iterator[str]:
     cmd = [sys.executable, "-m", "pipecat_roark_otel.devserver", "--port", "0"]
     cmd += ["--data-dir", str(data_dir), "--api-key", p.BENCH_KEY]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    with _server(cmd) as url:
+        yield url
+
+
+@contextmanager
+def minimal_receiver() -> Iterator[str]:
+    """``bench/_receiver.py``: accepts everything at once, so delivery is what is measured."""
+    with _server([sys.executable, "-m", "bench._receiver", "--port", "0"]) as url:
+        yield url
+
+
+@contextmanager
+def _server(cmd: list[str]) -> Iterator[str]:
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=root
+    )
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()
         m = re.search(r"(http://\S+)", line)
         if m is None:
-            raise RuntimeError(f"local Roark did not start: {line!r}")
+            raise RuntimeError(f"{cmd[2]} did not start: {line!r}")
         yield m.group(1)
     finally:
         proc.terminate()
@@ -217,6 +233,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             lat = export_latency(url, long_call, args.calls, tmp)
             tput = throughput(url, short_call, args.deliver, tmp)
             ceiling = server_ceiling(url, short_call, min(args.deliver, 400), 4)
+        (tmp / "fast").mkdir()
+        with minimal_receiver() as url:
+            fast = throughput(url, short_call, args.deliver, tmp / "fast")
+            fast_ceiling = server_ceiling(url, short_call, min(args.deliver, 400), 4)
     print(
         f"export() of a finished {args.turns}-turn call ({lat['spans_per_call']} spans), "
         f"{args.calls} calls"
@@ -238,16 +258,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             ],
         )
     )
-    ok = "meets" if tput["calls_per_s"] >= TARGET_CALLS_PER_S else "misses"
-    print(
-        f"delivery: {tput['delivered']}/{tput['calls']} calls of {args.deliver_turns} turns in "
-        f"{tput['elapsed_s']:.2f} s (export {tput['export_s']:.2f} s): "
-        f"{tput['calls_per_s']:.0f} calls/s ({ok} >= {TARGET_CALLS_PER_S:g})"
-    )
-    print(
-        "local Roark's own ceiling (bare httpx, 4 connections, same bodies): "
-        f"{ceiling['calls_per_s']:.0f} calls/s ({ceiling['ok_requests']}/{ceiling['requests']} ok)"
-    )
+    for name, run, top in (
+        ("local Roark", tput, ceiling),
+        ("minimal receiver (bench/_receiver.py)", fast, fast_ceiling),
+    ):
+        line = (
+            f"delivery to the {name}: {run['delivered']}/{run['calls']} calls of "
+            f"{args.deliver_turns} turns in {run['elapsed_s']:.2f} s (export "
+            f"{run['export_s']:.2f} s): {run['calls_per_s']:.0f} calls/s"
+        )
+        if run is fast:
+            ok = "meets" if run["calls_per_s"] >= TARGET_CALLS_PER_S else "misses"
+            line += f" ({ok} >= {TARGET_CALLS_PER_S:g})"
+        print(line)
+        print(
+            f"  its own ceiling (bare httpx, 4 connections, same bodies): "
+            f"{top['calls_per_s']:.0f} calls/s ({top['ok_requests']}/{top['requests']} ok)"
+        )
     elapsed = time.monotonic() - t0
     print(f"({elapsed:.0f} s)")
     doc = {
@@ -258,6 +285,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "elapsed_s": elapsed,
         "latency": lat,
         "throughput": tput,
+        "throughput_minimal_receiver": fast,
+        "minimal_receiver_ceiling": fast_ceiling,
     }
     path = p.results_path(args.out)
     path.write_text(json.dumps(doc, indent=2, default=str))

@@ -1,11 +1,14 @@
-"""Concurrent calls flat out: extra RSS per call, threads, HTTP clients, observer backlog.
+"""Concurrent calls flat out: CPU and RSS per call, loop stalls, threads, HTTP clients.
 
-    python -m bench.memory [--quick] [--calls 100] [--seconds 30]
+    python -m bench.memory [--quick] [--calls 100] [--seconds 30] [--runs 3]
 
 Each (variant, concurrency) runs in a fresh process: one warm-up call, then N calls at
-once through N real PipelineTasks on one loop. Extra RSS per call is (peak - warm
-baseline) minus the no-op observer's, over N. Midway through, the child counts threads,
-httpx clients and SSL contexts alive. Default (100 calls of 30 s, 3 variants): ~4 minutes.
+once through N real PipelineTasks on one loop. Runs are interleaved (every variant once,
+then again) and the medians reported. Extra RSS per call is (peak - warm baseline) minus
+the no-op observer's, over N; extra CPU per frame is over no observer at all. Our
+observer's longest synchronous step on the loop (one push handled, the call's end) is
+timed around its entry points. Midway through, the child counts threads, httpx clients
+and SSL contexts alive. Default (100 calls of 30 s, 4 variants, 3 runs): ~12 minutes.
 """
 
 from __future__ import annotations
@@ -19,11 +22,63 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from typing import Any
 
 from . import _pipeline as p
 
-TARGET_MB_PER_CALL = 1.5
+TARGET_MB_PER_CALL = 1.0
+TARGET_SHARE_OF_INCUMBENT = 0.5
+TARGET_RATIO_TO_NOOP = 1.5
+TARGET_STALL_MS = 2.0
+
+
+class _Steps:
+    """The longest synchronous step seen, in seconds."""
+
+    worst = 0.0
+
+
+class _Timed:
+    """Awaits a coroutine, timing each step it runs between suspensions."""
+
+    def __init__(self, coro: Any) -> None:
+        self._coro = coro
+
+    def __await__(self) -> Any:
+        it = self._coro.__await__()
+        value: Any = None
+        error: BaseException | None = None
+        while True:
+            t = time.perf_counter()
+            try:
+                out = it.throw(error) if error is not None else it.send(value)
+            except StopIteration as stop:
+                _Steps.worst = max(_Steps.worst, time.perf_counter() - t)
+                return stop.value
+            _Steps.worst = max(_Steps.worst, time.perf_counter() - t)
+            try:
+                value, error = (yield out), None
+            except BaseException as e:
+                value, error = None, e
+
+
+def _timed_ours(variant: str) -> Any:
+    """Our observer for ``variant``, its entry points timed step by step (bench only)."""
+    from pipecat_roark_otel import RoarkObserver
+
+    class Timed(RoarkObserver):
+        def on_push_frame(self, data: Any) -> Any:
+            return _Timed(super().on_push_frame(data))
+
+        def _finish(self, reason: str, now_ns: int) -> Any:
+            return _Timed(super()._finish(reason, now_ns))
+
+    def make() -> tuple[Any, Any]:
+        obs = Timed(agent_id="bench-agent", conversation_id=f"bench-{uuid.uuid4()}")
+        return obs, (obs.audio_processor if variant == "ours_spliced" else None)
+
+    return make
 
 
 def _census() -> dict[str, int]:
@@ -43,6 +98,7 @@ async def _child(variant: str, calls: int, seconds: float) -> dict[str, Any]:
     shape = p.CallShape(seconds=seconds)
     await p.run_call(variant, p.CallShape(seconds=5.0))
     gc.collect()
+    _Steps.worst = 0.0
     base_rss = p.rss_bytes()
     base_census = _census()
     peak = [base_rss]
@@ -76,8 +132,10 @@ async def _child(variant: str, calls: int, seconds: float) -> dict[str, Any]:
     def ready(task: Any) -> None:
         tasks.append(task)
 
+    make = _timed_ours(variant) if variant.startswith("ours") else None
+
     async def one() -> None:
-        r = await p.run_call(variant, shape, on_ready=ready, collect=False, sinks=sinks)
+        r = await p.run_call(variant, shape, on_ready=ready, collect=False, sinks=sinks, make=make)
         done.append(r)
 
     c0, w0 = time.process_time(), time.perf_counter()
@@ -102,7 +160,53 @@ async def _child(variant: str, calls: int, seconds: float) -> dict[str, Any]:
         "frames": frames,
         "us_per_frame": cpu / max(1, frames) * 1e6,
         "wall_s": wall,
+        "worst_step_ms": _Steps.worst * 1e3 if variant.startswith("ours") else None,
     }
+
+
+def _median_row(rs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run with the median CPU per frame, its RSS and worst step replaced by medians."""
+    row = dict(sorted(rs, key=lambda r: r["us_per_frame"])[len(rs) // 2])
+    row["us_per_frame"] = p.median([r["us_per_frame"] for r in rs])
+    row["us_per_frame_runs"] = [r["us_per_frame"] for r in rs]
+    row["delta_mb"] = p.median([r["delta_mb"] for r in rs])
+    row["delta_mb_runs"] = [r["delta_mb"] for r in rs]
+    steps = [r["worst_step_ms"] for r in rs if r["worst_step_ms"] is not None]
+    row["worst_step_ms"] = max(steps) if steps else None
+    return row
+
+
+def verdict(rows: list[dict[str, Any]]) -> list[str]:
+    lines = []
+    by_calls: dict[int, dict[str, dict[str, Any]]] = {}
+    for r in rows:
+        by_calls.setdefault(r["calls"], {})[r["variant"]] = r
+    for n, by in by_calls.items():
+        ours, inc, noop = by.get("ours"), by.get("incumbent"), by.get("noop")
+        for r in (ours, inc):
+            if r is not None and r["extra_mb_per_call"] is not None:
+                ok = "meets" if r["extra_mb_per_call"] <= TARGET_MB_PER_CALL else "misses"
+                lines.append(
+                    f"{r['variant']} x{n}: {r['extra_mb_per_call']:.2f} MB/call extra "
+                    f"({ok} <= {TARGET_MB_PER_CALL})"
+                )
+        if ours is None or ours["extra_us"] is None:
+            continue
+        for other, target in ((inc, TARGET_SHARE_OF_INCUMBENT), (noop, TARGET_RATIO_TO_NOOP)):
+            if other is not None and other["extra_us"]:
+                ratio = ours["extra_us"] / other["extra_us"]
+                ok = "meets" if ratio <= target else "misses"
+                lines.append(
+                    f"ours x{n}: extra CPU/frame {ratio:.2f}x {other['variant']}'s "
+                    f"({ours['extra_us']:.1f} vs {other['extra_us']:.1f} us; {ok} <= {target}x)"
+                )
+        if ours["worst_step_ms"] is not None:
+            ok = "meets" if ours["worst_step_ms"] <= TARGET_STALL_MS else "misses"
+            lines.append(
+                f"ours x{n}: longest synchronous step of ours on the loop "
+                f"{ours['worst_step_ms']:.2f} ms ({ok} <= {TARGET_STALL_MS:g} ms)"
+            )
+    return lines
 
 
 def run_child(variant: str, calls: int, seconds: float) -> dict[str, Any]:
@@ -120,30 +224,37 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--calls", default="100", help="concurrency, or a list: 10,50,100,200")
     ap.add_argument("--seconds", type=float, default=30.0, help="call length (default 30)")
     ap.add_argument(
-        "--variants", default=None, help="comma-separated (default noop,incumbent,ours)"
+        "--variants", default=None, help="comma-separated (default none,noop,incumbent,ours)"
     )
+    ap.add_argument("--runs", type=int, default=3, help="interleaved runs; medians reported")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--out", default="memory", help="results file name under bench/results/")
     args = ap.parse_args(argv)
     if args.quick:
-        args.calls, args.seconds = "5", min(args.seconds, 3.0)
+        args.calls, args.seconds, args.runs = "5", min(args.seconds, 3.0), 1
     p.quiet_logs()
     if args.child:
         doc = asyncio.run(_child(args.child, int(args.calls), args.seconds))
         print(json.dumps(doc))
         return doc
-    names = args.variants.split(",") if args.variants else ["noop", "incumbent", "ours"]
+    default = ["none", "noop", "incumbent", "ours"]
+    names = args.variants.split(",") if args.variants else default
     if not p.has_incumbent():
         names = [n for n in names if n != "incumbent"]
     t0 = time.monotonic()
     rows: list[dict[str, Any]] = []
     for n in [int(c) for c in args.calls.split(",")]:
-        by = {name: run_child(name, n, args.seconds) for name in names}
-        noop = by.get("noop")
+        runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+        for _ in range(args.runs):
+            for name in names:
+                runs[name].append(run_child(name, n, args.seconds))
+        by = {name: _median_row(rs) for name, rs in runs.items()}
+        none, noop = by.get("none"), by.get("noop")
         for r in by.values():
             r["extra_mb_per_call"] = (
                 (r["delta_mb"] - noop["delta_mb"]) / n if noop is not None else None
             )
+            r["extra_us"] = r["us_per_frame"] - none["us_per_frame"] if none else None
             rows.append(r)
     table_rows = [
         [
@@ -156,20 +267,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             r["census_midway"].get("ssl_contexts", "-"),
             r["max_observer_queue"],
             r["us_per_frame"],
+            r["extra_us"] if r["extra_us"] is not None else "-",
+            r["worst_step_ms"] if r["worst_step_ms"] is not None else "-",
         ]
         for r in rows
     ]
     headers = ["variant", "calls", "RSS +MB", "extra MB/call", "threads", "httpx", "ssl ctx"]
-    headers += ["max obs q", "us/frame"]
-    print(f"{args.seconds:g} s calls, all at once, flat out (one process per row)")
+    headers += ["max obs q", "us/frame", "extra us", "worst step ms"]
+    print(
+        f"{args.seconds:g} s calls, all at once, flat out (one process per cell), "
+        f"median of {args.runs} interleaved runs"
+    )
     print(p.table(headers, table_rows))
-    for r in rows:
-        if r["variant"] in ("ours", "incumbent") and r["extra_mb_per_call"] is not None:
-            ok = "meets" if r["extra_mb_per_call"] <= TARGET_MB_PER_CALL else "misses"
-            print(
-                f"{r['variant']} x{r['calls']}: {r['extra_mb_per_call']:.2f} MB/call extra "
-                f"({ok} <= {TARGET_MB_PER_CALL})"
-            )
+    for line in verdict(rows):
+        print(line)
     elapsed = time.monotonic() - t0
     print(f"({elapsed:.0f} s)")
     doc = {"bench": "memory", "machine": p.machine(), "elapsed_s": elapsed, "rows": rows}

@@ -59,9 +59,6 @@ class _Track:
         self.convert_rate = 0
         self.timeline = RecordingTimeline()
 
-    def samples(self) -> int:
-        return max(len(self.buf) >> 1, self.level)
-
     def take(self, out_rate: int, *, last: bool) -> bytes:
         """The track so far at the recording's rate; empties it."""
         _pad(self.buf, 2 * self.level - len(self.buf))
@@ -137,41 +134,53 @@ class ObservedRecorder:
         channels: int,
         clock_ns: int,
     ) -> None:
-        if not audio or rate <= 0:
-            return
-        if channels != 1:
-            audio = _mono(audio, channels)
-        if self.sample_rate == 0:
-            # The StartFrame did not say: the first audio decides.
-            self.sample_rate = rate
+        if rate != track.rate or channels != 1 or not audio:
+            audio = self._normalise(track, audio, rate, channels)
+            if not audio:
+                return
+        # Per audio frame: locals, no calls but the timeline's.
+        track_rate = track.rate
         out_rate = self.sample_rate
-        if track.rate == 0:
-            # Silence owed so far was counted at the recording's rate.
-            track.level = track.level * rate // out_rate
-            track.rate = rate
-        elif rate != track.rate:
-            audio = _convert(track, audio, rate)
+        buf = track.buf
         n = len(audio) >> 1
-        duration_ns = n * 1_000_000_000 // track.rate
-        if track.last_ns is not None:
-            gap_ns = clock_ns - track.last_ns - duration_ns
-            if gap_ns > _GAP_NS:
-                track.level = track.samples() + gap_ns * track.rate // 1_000_000_000
+        duration_ns = n * 1_000_000_000 // track_rate
+        have = len(buf) >> 1
+        at = have if have >= track.level else track.level
+        last = track.last_ns
+        if last is not None and clock_ns - last - duration_ns > _GAP_NS:
+            at += (clock_ns - last - duration_ns) * track_rate // 1_000_000_000
         track.last_ns = clock_ns
-        at = track.samples()
-        at_out = at if track.rate == out_rate else at * out_rate // track.rate
+        at_out = at if track_rate == out_rate else at * out_rate // track_rate
         if not other.speaking:
-            other_at = at_out if other.rate in (0, out_rate) else at_out * other.rate // out_rate
+            other_rate = other.rate
+            other_at = at_out if other_rate in (0, out_rate) else at_out * other_rate // out_rate
             if other_at > other.level:
                 other.level = other_at
             other.last_ns = clock_ns
         # Capture rule 13: this frame's audio began one frame ago and lands at ``at_out``.
         track.timeline.observe(clock_ns - duration_ns, (self._emitted + at_out) * 1000 / out_rate)
-        if at > len(track.buf) >> 1:
-            _pad(track.buf, 2 * at - len(track.buf))
-        track.buf += audio
-        if at_out + (n * out_rate // track.rate) >= self._chunk_samples:
+        if at > have:
+            _pad(buf, 2 * (at - have))
+        buf += audio
+        if at_out + n * out_rate // track_rate >= self._chunk_samples:
             self._emit(last=False)
+
+    def _normalise(self, track: _Track, audio: bytes, rate: int, channels: int) -> bytes:
+        """The rare frame: empty, not mono, the track's first, or at another rate."""
+        if not audio or rate <= 0:
+            return b""
+        if channels != 1:
+            audio = _mono(audio, channels)
+        if self.sample_rate == 0:
+            # The StartFrame did not say: the first audio decides.
+            self.sample_rate = rate
+        if track.rate == 0:
+            # Silence owed so far was counted at the recording's rate.
+            track.level = track.level * rate // self.sample_rate
+            track.rate = rate
+        elif rate != track.rate:
+            audio = _convert(track, audio, rate)
+        return audio
 
     def _emit(self, *, last: bool) -> None:
         rate = self.sample_rate
