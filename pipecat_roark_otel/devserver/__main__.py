@@ -11,6 +11,8 @@ from types import FrameType
 
 from ._local import DEFAULT_API_KEY, LocalRoark
 
+ENV_API_KEY = "ROARK_DEVSERVER_API_KEY"
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
@@ -21,8 +23,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--data-dir", default=None, help="default: a fresh temp dir")
     parser.add_argument(
         "--api-key",
-        default=os.environ.get("ROARK_API_KEY") or DEFAULT_API_KEY,
-        help=f"accepted API key (default: $ROARK_API_KEY or {DEFAULT_API_KEY})",
+        default=os.environ.get(ENV_API_KEY) or os.environ.get("ROARK_API_KEY") or DEFAULT_API_KEY,
+        help=(
+            f"accepted API key (default: ${ENV_API_KEY}, then $ROARK_API_KEY, then "
+            f"{DEFAULT_API_KEY}); a flag is visible to other users in the process list, "
+            "the environment is not"
+        ),
     )
     parser.add_argument("--url-ttl", type=float, default=300.0, help="presigned URL lifetime, s")
     args = parser.parse_args(argv)

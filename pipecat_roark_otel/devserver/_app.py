@@ -125,6 +125,8 @@ class _Exchange:
         return await self.read(n)
 
     async def read(self, n: int) -> bytes:
+        if n == 0:
+            return b""  # aiohttp's empty payload refuses even readexactly(0)
         try:
             async with asyncio.timeout(_READ_TIMEOUT_S):
                 return await self.request.content.readexactly(n)
