@@ -1,7 +1,8 @@
 """Pure turn and tool-call assembly: frame facts in, call records out.
 
 No Pipecat, OTel or I/O here. Every instant is unix nanoseconds, taken from the
-frame's push timestamp so observer-queue lag never skews a turn.
+frame's push timestamp so observer-queue lag never skews a turn. "Capture rule N"
+cites docs/CAPTURE_RULES.md.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""One test per capture rule (/work/shared/CAPTURE_RULES.md); each fails when its rule breaks.
+"""One test per capture rule (docs/CAPTURE_RULES.md); each fails when its rule breaks.
 
 Timing and ordering rules run a real PipelineTask (scripted processors, a playing output
 transport, the observer's recorder) against the local Roark; the others push FramePushed

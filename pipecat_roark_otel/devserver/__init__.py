@@ -1,4 +1,7 @@
-"""Local Roark: a faithful local implementation of Roark's Pipecat ingestion contract."""
+"""Local Roark: a faithful local implementation of Roark's Pipecat ingestion contract.
+
+It reads docs/CONTRACT.md on its own (``_contract.py``), never through the exporter's models.
+"""
 
 from __future__ import annotations
 

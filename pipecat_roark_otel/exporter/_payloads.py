@@ -1,4 +1,4 @@
-"""Wire models: exactly the JSON of ROARK_CONTRACT.md (optional fields omitted, not null)."""
+"""Wire models: exactly the JSON of docs/CONTRACT.md (optional fields omitted, not null)."""
 
 from __future__ import annotations
 

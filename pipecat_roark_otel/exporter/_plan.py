@@ -1,6 +1,6 @@
 """What to deliver next for one call, from a snapshot of its directory; pure.
 
-Per-call order (ROARK_CONTRACT "Ordering"): call-started, then chunks by index,
+Per-call order (docs/CONTRACT.md, "Order and repeats"): call-started, then chunks by index,
 then call-ended once the end record, all its segments and all its chunks are in,
 or once the grace period after the end record has passed.
 """
