@@ -13,7 +13,7 @@ import math
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from pipecat.frames.frames import (
@@ -195,7 +195,7 @@ class ScriptedSTT(FrameProcessor):
         k = max(1, exchange.user_segments)
         for i in range(k):
             text = " ".join(words[i * len(words) // k : (i + 1) * len(words) // k])
-            now = datetime.now(timezone.utc).isoformat()
+            now = datetime.now(UTC).isoformat()
             frame = TranscriptionFrame(text, "caller-1", now, language=Language.EN_US)
             await self.push_frame(frame)
 

@@ -144,7 +144,7 @@ class _Slot:
     price: decimal.Decimal
 
 
-WHEN = datetime.datetime(2026, 3, 4, 5, 6, 7, 890000, tzinfo=datetime.timezone.utc)
+WHEN = datetime.datetime(2026, 3, 4, 5, 6, 7, 890000, tzinfo=datetime.UTC)
 ID = uuid.UUID("12345678-1234-5678-1234-567812345678")
 
 

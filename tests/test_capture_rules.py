@@ -20,7 +20,7 @@ import struct
 import time
 import wave
 from collections.abc import Awaitable, Callable, Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 from uuid import UUID
@@ -106,7 +106,7 @@ def unix_s(iso: str) -> float:
 
 
 def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat()
+    return datetime.now(UTC).isoformat()
 
 
 def stereo(wav: bytes) -> tuple[int, array.array[int], array.array[int]]:
@@ -696,7 +696,7 @@ ODD_TOOLS = Script(
             bot="Tuesday works.",
             tool=Tool(
                 "find_slots",
-                {"days": ("mon", "tue"), "after": datetime(2026, 3, 4, 9, 30, tzinfo=timezone.utc)},
+                {"days": ("mon", "tue"), "after": datetime(2026, 3, 4, 9, 30, tzinfo=UTC)},
                 (1, "a"),
                 "odd_1",
             ),

@@ -239,7 +239,8 @@ def test_cli_takes_its_key_from_the_environment(tmp_path: Path) -> None:
     cmd = [sys.executable, "-m", "pipecat_roark_otel.devserver", "--port", "0"]
     cmd += ["--data-dir", str(tmp_path)]
     env = {**os.environ, "ROARK_DEVSERVER_API_KEY": "rk_test_from_env"}
-    with subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env) as proc:
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env)
+    try:
         assert proc.stdout is not None
         line = proc.stdout.readline()
         url = line.split()[line.split().index("on") + 1]
@@ -249,7 +250,12 @@ def test_cli_takes_its_key_from_the_environment(tmp_path: Path) -> None:
         assert (ok.status_code, default.status_code) == (200, 401)
         assert "rk_test_from_env" not in Path(f"/proc/{proc.pid}/cmdline").read_text()
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=10) == 0
+        assert proc.wait(timeout=30) == 0
+    finally:
+        proc.kill()
+        proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
 
 
 # -- arbitrary JSON at ingest ----------------------------------------------------------------

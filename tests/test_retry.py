@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from email.utils import format_datetime
 
 import pytest
@@ -70,7 +70,7 @@ def test_auth_backoff_is_slow_and_capped(attempt: int, seconds: float) -> None:
     assert auth_backoff(attempt) == seconds
 
 
-NOW = datetime(2025, 1, 2, 3, 4, 5, tzinfo=timezone.utc).timestamp()
+NOW = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC).timestamp()
 
 
 @pytest.mark.parametrize(
@@ -88,7 +88,7 @@ NOW = datetime(2025, 1, 2, 3, 4, 5, tzinfo=timezone.utc).timestamp()
         ("1.2.3", None),
         ("nan", None),
         ("soon", None),
-        (format_datetime(datetime(2025, 1, 2, 3, 4, 35, tzinfo=timezone.utc), usegmt=True), 30.0),
+        (format_datetime(datetime(2025, 1, 2, 3, 4, 35, tzinfo=UTC), usegmt=True), 30.0),
         ("Thu, 02 Jan 2025 03:04:00 GMT", 0.0),  # in the past: go now
         ("Thu, 02 Jan 2025 03:04:15 GMT", 10.0),
         ("Thu, 02 Jan 2025 03:04:15", None),  # no zone: not an HTTP-date

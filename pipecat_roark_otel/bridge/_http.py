@@ -72,7 +72,7 @@ def make_app(ingest: Ingest, auth: BearerAuth, limits: Limits) -> web.Applicatio
             # aiohttp stops a chunked body at client_max_size (HTTP 413).
             raw = await asyncio.wait_for(request.read(), limits.read_timeout)
             return decompress(raw, encoding, limits.max_body_bytes)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return _text(408, "body not received in time")
         except _TooLarge:
             return _text(413, f"decompressed body larger than {limits.max_body_bytes} bytes")
