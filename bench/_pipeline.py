@@ -56,6 +56,8 @@ PASS_THROUGH = 5
 WINDOW = 16  # frames in flight between the source and the sink
 # Nothing listens here: the incumbent's POSTs and our delivery attempts fail at once.
 UNREACHABLE_URL = "http://127.0.0.1:9"
+# Where both sides deliver; bench.memory points it at bench/_receiver.py.
+DELIVERY_URL = UNREACHABLE_URL
 BENCH_KEY = "rk_bench"
 
 # ours: the documented setup (the observer records); ours_spliced: roark.audio_processor
@@ -246,7 +248,7 @@ class Otel:
 _OTEL: Otel | None = None
 
 
-def otel(base_url: str = UNREACHABLE_URL, api_key: str = BENCH_KEY) -> Otel:
+def otel(base_url: str | None = None, api_key: str = BENCH_KEY) -> Otel:
     """The process's SDK provider (Pipecat traces through the global one, set once)."""
     global _OTEL
     if _OTEL is None:
@@ -259,7 +261,7 @@ def otel(base_url: str = UNREACHABLE_URL, api_key: str = BENCH_KEY) -> Otel:
         from pipecat_roark_otel.exporter import RoarkSpanExporter
 
         _OTEL.exporter = RoarkSpanExporter(
-            api_key=api_key, base_url=base_url, spool_dir=_OTEL.spool / "spool"
+            api_key=api_key, base_url=base_url or DELIVERY_URL, spool_dir=_OTEL.spool / "spool"
         )
         _OTEL.roark = BatchSpanProcessor(_OTEL.exporter)
     return _OTEL
@@ -288,9 +290,9 @@ def make_observer(variant: str) -> tuple[BaseObserver | None, FrameProcessor | N
         inc = Incumbent(api_key=BENCH_KEY, agent_id="bench-agent", runner_args=None)
         # It posts to api.roark.ai hard-coded; send it where a connect fails at once.
         client = inc._client
-        client._webhook_url = f"{UNREACHABLE_URL}/v1/integrations/pipecat"
+        client._webhook_url = f"{DELIVERY_URL}/v1/integrations/pipecat"
         client._chunk_upload_url_endpoint = (
-            f"{UNREACHABLE_URL}/v1/integrations/pipecat/chunk-upload-url"
+            f"{DELIVERY_URL}/v1/integrations/pipecat/chunk-upload-url"
         )
         return inc, inc.audio_processor
     if kind in ("recorder", "noop_rec"):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import json
 import ssl
@@ -26,6 +27,7 @@ import uuid
 from typing import Any
 
 from . import _pipeline as p
+from .export import minimal_receiver
 
 TARGET_MB_PER_CALL = 1.0
 TARGET_SHARE_OF_INCUMBENT = 0.5
@@ -34,29 +36,40 @@ TARGET_STALL_MS = 2.0
 
 
 class _Steps:
-    """The longest synchronous step seen, in seconds."""
+    """The longest synchronous step seen (loop thread CPU seconds) and what it handled."""
 
     worst = 0.0
+    where = ""
+
+    @classmethod
+    def note(cls, seconds: float, where: str) -> None:
+        if seconds > cls.worst:
+            cls.worst, cls.where = seconds, where
 
 
 class _Timed:
-    """Awaits a coroutine, timing each step it runs between suspensions."""
+    """Awaits a coroutine, timing each step it runs between suspensions.
 
-    def __init__(self, coro: Any) -> None:
+    Thread CPU time, not wall: on a shared machine the OS may deschedule the loop
+    mid-step, which is not work of ours.
+    """
+
+    def __init__(self, coro: Any, where: str) -> None:
         self._coro = coro
+        self._where = where
 
     def __await__(self) -> Any:
         it = self._coro.__await__()
         value: Any = None
         error: BaseException | None = None
         while True:
-            t = time.perf_counter()
+            t = time.thread_time()
             try:
                 out = it.throw(error) if error is not None else it.send(value)
             except StopIteration as stop:
-                _Steps.worst = max(_Steps.worst, time.perf_counter() - t)
+                _Steps.note(time.thread_time() - t, self._where)
                 return stop.value
-            _Steps.worst = max(_Steps.worst, time.perf_counter() - t)
+            _Steps.note(time.thread_time() - t, self._where)
             try:
                 value, error = (yield out), None
             except BaseException as e:
@@ -69,10 +82,10 @@ def _timed_ours(variant: str) -> Any:
 
     class Timed(RoarkObserver):
         def on_push_frame(self, data: Any) -> Any:
-            return _Timed(super().on_push_frame(data))
+            return _Timed(super().on_push_frame(data), type(data.frame).__name__)
 
         def _finish(self, reason: str, now_ns: int) -> Any:
-            return _Timed(super()._finish(reason, now_ns))
+            return _Timed(super()._finish(reason, now_ns), "call end")
 
     def make() -> tuple[Any, Any]:
         obs = Timed(agent_id="bench-agent", conversation_id=f"bench-{uuid.uuid4()}")
@@ -161,7 +174,26 @@ async def _child(variant: str, calls: int, seconds: float) -> dict[str, Any]:
         "us_per_frame": cpu / max(1, frames) * 1e6,
         "wall_s": wall,
         "worst_step_ms": _Steps.worst * 1e3 if variant.startswith("ours") else None,
+        "worst_step_at": _Steps.where,
     }
+
+
+def _measure(names: list[str], n: int, args: argparse.Namespace, url: str) -> list[Any]:
+    """Every variant ``args.runs`` times at concurrency ``n``, interleaved; median rows."""
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+    for _ in range(args.runs):
+        for name in names:
+            runs[name].append(run_child(name, n, args.seconds, url))
+    rows = []
+    by = {name: _median_row(rs) for name, rs in runs.items()}
+    none, noop = by.get("none"), by.get("noop")
+    for r in by.values():
+        r["extra_mb_per_call"] = (
+            (r["delta_mb"] - noop["delta_mb"]) / n if noop is not None else None
+        )
+        r["extra_us"] = r["us_per_frame"] - none["us_per_frame"] if none else None
+        rows.append(r)
+    return rows
 
 
 def _median_row(rs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -171,8 +203,10 @@ def _median_row(rs: list[dict[str, Any]]) -> dict[str, Any]:
     row["us_per_frame_runs"] = [r["us_per_frame"] for r in rs]
     row["delta_mb"] = p.median([r["delta_mb"] for r in rs])
     row["delta_mb_runs"] = [r["delta_mb"] for r in rs]
-    steps = [r["worst_step_ms"] for r in rs if r["worst_step_ms"] is not None]
-    row["worst_step_ms"] = max(steps) if steps else None
+    steps = [r for r in rs if r["worst_step_ms"] is not None]
+    worst = max(steps, key=lambda r: r["worst_step_ms"]) if steps else None
+    row["worst_step_ms"] = worst["worst_step_ms"] if worst else None
+    row["worst_step_at"] = worst["worst_step_at"] if worst else ""
     return row
 
 
@@ -204,14 +238,15 @@ def verdict(rows: list[dict[str, Any]]) -> list[str]:
             ok = "meets" if ours["worst_step_ms"] <= TARGET_STALL_MS else "misses"
             lines.append(
                 f"ours x{n}: longest synchronous step of ours on the loop "
-                f"{ours['worst_step_ms']:.2f} ms ({ok} <= {TARGET_STALL_MS:g} ms)"
+                f"{ours['worst_step_ms']:.2f} ms CPU, handling {ours['worst_step_at']} "
+                f"({ok} <= {TARGET_STALL_MS:g} ms)"
             )
     return lines
 
 
-def run_child(variant: str, calls: int, seconds: float) -> dict[str, Any]:
+def run_child(variant: str, calls: int, seconds: float, url: str) -> dict[str, Any]:
     cmd = [sys.executable, "-m", "bench.memory", "--child", variant]
-    cmd += ["--calls", str(calls), "--seconds", str(seconds)]
+    cmd += ["--calls", str(calls), "--seconds", str(seconds), "--url", url]
     out = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if out.returncode != 0:
         raise RuntimeError(f"{variant} x{calls} failed:\n{out.stderr[-3000:]}")
@@ -227,6 +262,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "--variants", default=None, help="comma-separated (default none,noop,incumbent,ours)"
     )
     ap.add_argument("--runs", type=int, default=3, help="interleaved runs; medians reported")
+    ap.add_argument(
+        "--dead-url",
+        action="store_true",
+        help="deliver nowhere (a refused connect), as before; default: bench/_receiver.py",
+    )
+    ap.add_argument("--url", default=p.UNREACHABLE_URL, help=argparse.SUPPRESS)
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--out", default="memory", help="results file name under bench/results/")
     args = ap.parse_args(argv)
@@ -234,6 +275,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         args.calls, args.seconds, args.runs = "5", min(args.seconds, 3.0), 1
     p.quiet_logs()
     if args.child:
+        p.DELIVERY_URL = args.url
         doc = asyncio.run(_child(args.child, int(args.calls), args.seconds))
         print(json.dumps(doc))
         return doc
@@ -243,19 +285,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         names = [n for n in names if n != "incumbent"]
     t0 = time.monotonic()
     rows: list[dict[str, Any]] = []
-    for n in [int(c) for c in args.calls.split(",")]:
-        runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
-        for _ in range(args.runs):
-            for name in names:
-                runs[name].append(run_child(name, n, args.seconds))
-        by = {name: _median_row(rs) for name, rs in runs.items()}
-        none, noop = by.get("none"), by.get("noop")
-        for r in by.values():
-            r["extra_mb_per_call"] = (
-                (r["delta_mb"] - noop["delta_mb"]) / n if noop is not None else None
-            )
-            r["extra_us"] = r["us_per_frame"] - none["us_per_frame"] if none else None
-            rows.append(r)
+    with contextlib.ExitStack() as stack:
+        url = p.UNREACHABLE_URL if args.dead_url else stack.enter_context(minimal_receiver())
+        for n in [int(c) for c in args.calls.split(",")]:
+            rows += _measure(names, n, args, url)
     table_rows = [
         [
             r["variant"],

@@ -23,6 +23,9 @@ Listener = Callable[[bytes, int, int], object]
 
 # Pipecat's AudioBufferProcessor threshold: a longer gap between frames is silence.
 _GAP_NS: Final = 200_000_000
+# Resample in batches of this many bytes (~0.25 s at 16 kHz): far cheaper than per
+# frame, and short enough that no single step holds the loop for long.
+_RESAMPLE_BYTES: Final = 8192
 _ZEROS: Final = memoryview(bytes(64 * 1024))
 
 
@@ -38,10 +41,12 @@ class _Track:
 
     __slots__ = (
         "buf",
+        "consumed",
         "convert",
         "convert_rate",
         "last_ns",
         "level",
+        "out",
         "rate",
         "speaking",
         "stream",
@@ -49,9 +54,11 @@ class _Track:
     )
 
     def __init__(self) -> None:
-        self.buf = bytearray()
+        self.buf = bytearray()  # at ``rate``, not yet resampled
+        self.out = bytearray()  # resampled to the recording's rate, this chunk
+        self.consumed = 0  # samples (at ``rate``) moved from ``buf`` to ``out``, this chunk
         self.rate = 0
-        self.level = 0  # samples (at ``rate``) the track is known to reach
+        self.level = 0  # samples (at ``rate``) the track is known to reach, this chunk
         self.last_ns: int | None = None
         self.speaking = False
         self.stream: soxr.ResampleStream | None = None  # track rate -> recording rate
@@ -59,18 +66,28 @@ class _Track:
         self.convert_rate = 0
         self.timeline = RecordingTimeline()
 
-    def take(self, out_rate: int, *, last: bool) -> bytes:
-        """The track so far at the recording's rate; empties it."""
-        _pad(self.buf, 2 * self.level - len(self.buf))
-        data = bytes(self.buf)
-        self.buf.clear()
-        self.level = 0
-        if self.rate in (0, out_rate) or (not data and self.stream is None):
-            return data
+    def resample(self, out_rate: int, *, last: bool = False) -> None:
+        """Move ``buf`` to ``out`` at the recording's rate."""
         if self.stream is None:
             self.stream = soxr.ResampleStream(self.rate, out_rate, 1, dtype="int16", quality="HQ")
-        out = self.stream.resample_chunk(np.frombuffer(data, dtype=np.int16), last=last)
-        return bytes(out.astype(np.int16, copy=False).tobytes())
+        self.consumed += len(self.buf) >> 1
+        samples = np.frombuffer(self.buf, dtype=np.int16)
+        out = self.stream.resample_chunk(samples, last=last)
+        del samples  # releases ``buf`` so it can be cleared
+        self.out += out.astype(np.int16, copy=False).tobytes()
+        self.buf.clear()
+
+    def take(self, out_rate: int, *, last: bool) -> bytes:
+        """The track so far at the recording's rate; empties it."""
+        _pad(self.buf, 2 * (self.level - self.consumed) - len(self.buf))
+        if self.rate not in (0, out_rate) and (self.buf or (last and self.stream is not None)):
+            self.resample(out_rate, last=last)
+        data = bytes(self.out) + bytes(self.buf)
+        self.buf.clear()
+        self.out.clear()
+        self.consumed = 0
+        self.level = 0
+        return data
 
 
 class ObservedRecorder:
@@ -144,7 +161,7 @@ class ObservedRecorder:
         buf = track.buf
         n = len(audio) >> 1
         duration_ns = n * 1_000_000_000 // track_rate
-        have = len(buf) >> 1
+        have = track.consumed + (len(buf) >> 1)
         at = have if have >= track.level else track.level
         last = track.last_ns
         if last is not None and clock_ns - last - duration_ns > _GAP_NS:
@@ -164,6 +181,8 @@ class ObservedRecorder:
         buf += audio
         if at_out + n * out_rate // track_rate >= self._chunk_samples:
             self._emit(last=False)
+        elif track_rate != out_rate and len(buf) >= _RESAMPLE_BYTES:
+            track.resample(out_rate)
 
     def _normalise(self, track: _Track, audio: bytes, rate: int, channels: int) -> bytes:
         """The rare frame: empty, not mono, the track's first, or at another rate."""
