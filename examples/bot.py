@@ -147,7 +147,7 @@ def build_task(
     rates = {name: rate for name, rate in rates.items() if rate}
     task = PipelineTask(
         pipeline,
-        params=PipelineParams(enable_metrics=True, **rates),
+        params=PipelineParams(enable_metrics=True, enable_usage_metrics=True, **rates),
         observers=[roark],
         enable_tracing=True,
     )

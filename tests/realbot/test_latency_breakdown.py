@@ -1,0 +1,46 @@
+"""The latency breakdown measured on real Pipecat services (Deepgram, OpenAI, Cartesia)."""
+
+from __future__ import annotations
+
+from examples.offline.callers import TwilioCaller
+from examples.offline.vendors import Vendors
+from pipecat_roark_otel import semconv as sc
+from pipecat_roark_otel.devserver import LocalRoark
+from pipecat_roark_otel.exporter import RoarkSpanExporter
+
+from ..conftest import Otel
+from .harness import phone_server, read_call
+
+ORDER = "I'd like to check on my order."
+
+
+async def test_each_reply_carries_its_services_ttfb_and_tokens(
+    bot: object, vendors: Vendors, exporter: RoarkSpanExporter, roark: LocalRoark, otel: Otel
+) -> None:
+    vendors.caller_lines = [ORDER]
+    async with phone_server(bot) as (url, runs):
+        caller = TwilioCaller(url, hangups=vendors.hangups)
+        await caller.dial()
+        await caller.wait_for_bot()
+        await caller.say(ORDER)
+        await caller.wait_for_bot()  # the answer, after a tool call
+        await caller.hang_up()
+        await runs.wait_finished()
+    assert exporter.force_flush(15_000)
+    await read_call(roark)
+
+    events = sorted(
+        (e for s in otel.spans() if s.name == sc.SPAN_CALL_SEGMENT for e in s.events),
+        key=lambda e: e.timestamp,
+    )
+    turns = [dict(e.attributes or {}) for e in events if e.name == sc.EVENT_TURN]
+    assert [t[sc.TURN_ROLE] for t in turns] == ["assistant", "user", "assistant"]
+    greeting, _, reply = turns
+    # The greeting answers no one: its LLM and TTS waited, no STT did.
+    assert {sc.TURN_LLM_TTFB_MS, sc.TURN_TTS_TTFB_MS} <= set(greeting)
+    assert sc.TURN_STT_TTFB_MS not in greeting
+    for name in (sc.TURN_STT_TTFB_MS, sc.TURN_LLM_TTFB_MS, sc.TURN_TTS_TTFB_MS):
+        assert 0 < reply[name] < 10_000, (name, reply)
+    assert reply[sc.TURN_LATENCY_MS] > 0
+    # Two requests (the tool call, then the answer), each with the stand-in's usage.
+    assert (reply[sc.USAGE_INPUT_TOKENS], reply[sc.USAGE_OUTPUT_TOKENS]) == (100, 40)
