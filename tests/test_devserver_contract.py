@@ -109,7 +109,6 @@ _CALL = {"kind": "tool_call", "toolCallId": "t1", "name": "f", "arguments": "{}"
             _ended(toolCalls=[{**_CALL, "kind": "tool_result", "content": {"a": 1}}]),
             "toolCalls.0.tool_result",
         ),
-        (_ended(toolCalls=[{**_CALL, "toolCallId": ""}]), "toolCallId"),
         (_ended(transcript=[{**_TURN, "timestamp": "2025-01-01 10:00"}]), "transcript.0.timestamp"),
     ],
     ids=[
@@ -124,7 +123,6 @@ _CALL = {"kind": "tool_call", "toolCallId": "t1", "name": "f", "arguments": "{}"
         "unknown-tool-kind",
         "arguments-not-a-string",
         "result-content-object",
-        "empty-tool-call-id",
         "naive-turn-time",
     ],
 )

@@ -108,9 +108,11 @@ class Turn(_Body):
     language: StrictStr | None = None
 
 
+# A frame without a tool-call id goes out with "" (as Roark's own observer sends it):
+# the contract asks for a string, not a non-empty one.
 class ToolCall(_Body):
     kind: Literal["tool_call"]
-    toolCallId: _Id
+    toolCallId: StrictStr
     name: StrictStr
     arguments: StrictStr  # a JSON string, never an object
     timestamp: StrictStr
@@ -119,7 +121,7 @@ class ToolCall(_Body):
 
 class ToolResult(_Body):
     kind: Literal["tool_result"]
-    toolCallId: _Id
+    toolCallId: StrictStr
     content: StrictStr
     timestamp: StrictStr
     audioOffsetMs: _OffsetMs | None = None
