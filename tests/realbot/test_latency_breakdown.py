@@ -39,8 +39,11 @@ async def test_each_reply_carries_its_services_ttfb_and_tokens(
     # The greeting answers no one: its LLM and TTS waited, no STT did.
     assert {sc.TURN_LLM_TTFB_MS, sc.TURN_TTS_TTFB_MS} <= set(greeting)
     assert sc.TURN_STT_TTFB_MS not in greeting
-    for name in (sc.TURN_STT_TTFB_MS, sc.TURN_LLM_TTFB_MS, sc.TURN_TTS_TTFB_MS):
+    for name in (sc.TURN_LLM_TTFB_MS, sc.TURN_TTS_TTFB_MS):
         assert 0 < reply[name] < 10_000, (name, reply)
+    # Pipecat times the STT from the VAD's stop to the final; a final that beats the
+    # VAD (a loaded machine) leaves no measurement, and none is made up.
+    assert 0 < reply.get(sc.TURN_STT_TTFB_MS, 1) < 10_000, reply
     assert reply[sc.TURN_LATENCY_MS] > 0
     # Two requests (the tool call, then the answer), each with the stand-in's usage.
     assert (reply[sc.USAGE_INPUT_TOKENS], reply[sc.USAGE_OUTPUT_TOKENS]) == (100, 40)
