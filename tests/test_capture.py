@@ -472,3 +472,41 @@ def test_non_text_is_ignored_so_the_call_can_still_end(text: object) -> None:
     records += cap.tts_text(2, "reply", False, at(3), played=False)
     records += cap.flush_all(at(4))
     assert turns(records) == [("user", "real words"), ("assistant", "reply")]
+
+
+_leaves = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats()
+    | st.text(max_size=8)
+    | st.datetimes(timezones=st.just(datetime.UTC))
+    | st.dates()
+    | st.decimals()
+    | st.uuids()
+    | st.binary(max_size=8)
+    | st.builds(_Opaque)
+)
+_keys = st.text(max_size=4) | st.integers() | st.tuples(st.integers(), st.text(max_size=2))
+_values = st.recursive(
+    _leaves,
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.lists(inner, max_size=4).map(tuple)
+        | st.frozensets(st.integers() | st.text(max_size=4), max_size=4)
+        | st.dictionaries(_keys, inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+@given(st.lists(_values, max_size=4).map(tuple) | st.dictionaries(_keys, _values, max_size=4))
+def test_any_container_goes_as_json_of_its_shape(value: tuple[object, ...] | dict) -> None:
+    """Capture rule 10: whatever a tool hands back, Roark gets parseable JSON of that shape."""
+    for wire in (result_to_string(value), arguments_to_json(value)):
+        decoded = json.loads(wire)
+        if isinstance(value, tuple):
+            assert isinstance(decoded, list) and len(decoded) == len(value)
+        else:
+            # 1 and "1" are two keys in Python, one in JSON.
+            assert isinstance(decoded, dict) and len(decoded) <= len(value)

@@ -1,6 +1,8 @@
-"""The latency breakdown measured on real Pipecat services (Deepgram, OpenAI, Cartesia)."""
+"""Trace-backend extras of the record, on real Pipecat services (Deepgram, OpenAI, Cartesia)."""
 
 from __future__ import annotations
+
+from opentelemetry.trace import StatusCode
 
 from examples.offline.callers import TwilioCaller
 from examples.offline.vendors import Vendors
@@ -14,7 +16,7 @@ from .harness import phone_server, read_call
 ORDER = "I'd like to check on my order."
 
 
-async def test_each_reply_carries_its_services_ttfb_and_tokens(
+async def test_latency_breakdown_and_tool_spans(
     bot: object, vendors: Vendors, exporter: RoarkSpanExporter, roark: LocalRoark, otel: Otel
 ) -> None:
     vendors.caller_lines = [ORDER]
@@ -47,3 +49,14 @@ async def test_each_reply_carries_its_services_ttfb_and_tokens(
     assert reply[sc.TURN_LATENCY_MS] > 0
     # Two requests (the tool call, then the answer), each with the stand-in's usage.
     assert (reply[sc.USAGE_INPUT_TOKENS], reply[sc.USAGE_OUTPUT_TOKENS]) == (100, 40)
+
+    # Pipecat's own function calling ran the tool: one span under the call, invocation to result.
+    spans = otel.spans()
+    call_span = next(s for s in spans if s.name == sc.SPAN_CALL)
+    [tool] = [s for s in spans if s.name.startswith(f"{sc.SPAN_EXECUTE_TOOL} ")]
+    assert tool.name == "execute_tool lookup_order"
+    assert tool.parent is not None and tool.parent.span_id == call_span.context.span_id
+    assert tool.status.status_code == StatusCode.UNSET
+    assert tool.start_time is not None and tool.end_time is not None
+    assert tool.start_time < tool.end_time
+    assert "shipped" in str((tool.attributes or {})[sc.TOOL_RESULT])
