@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Final
+from typing import Any, Final
 
 import grpc
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2_grpc
@@ -25,21 +26,38 @@ WORKERS: Final = 8
 MAX_CONCURRENT_RPCS: Final = 64
 
 
-def _admit(auth: BearerAuth, context: grpc.ServicerContext) -> None:
-    metadata = {k: v for k, v in context.invocation_metadata() if isinstance(v, str)}
-    if not auth.allows(metadata.get("authorization")):
-        context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token")
+class _Auth(grpc.ServerInterceptor):
+    """Refuses on the metadata alone, before the request body is parsed."""
+
+    def __init__(self, auth: BearerAuth) -> None:
+        self._auth = auth
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler[Any, Any] | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        metadata = dict(handler_call_details.invocation_metadata or ())
+        header = metadata.get("authorization")
+        if self._auth.allows(header if isinstance(header, str) else None):
+            return continuation(handler_call_details)
+        return _REFUSE
+
+
+def _refuse(_request: bytes, context: grpc.ServicerContext) -> None:
+    context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token")
+
+
+_REFUSE: Final[grpc.RpcMethodHandler[bytes, None]] = grpc.unary_unary_rpc_method_handler(_refuse)
 
 
 class _Traces(trace_service_pb2_grpc.TraceServiceServicer):
-    def __init__(self, ingest: Ingest, auth: BearerAuth) -> None:
+    def __init__(self, ingest: Ingest) -> None:
         self._ingest = ingest
-        self._auth = auth
 
     def Export(
         self, request: ExportTraceServiceRequest, context: grpc.ServicerContext
     ) -> ExportTraceServiceResponse:
-        _admit(self._auth, context)
         try:
             return trace_response(self._ingest.traces(request))
         except Unavailable as exc:
@@ -47,14 +65,12 @@ class _Traces(trace_service_pb2_grpc.TraceServiceServicer):
 
 
 class _Logs(logs_service_pb2_grpc.LogsServiceServicer):
-    def __init__(self, ingest: Ingest, auth: BearerAuth) -> None:
+    def __init__(self, ingest: Ingest) -> None:
         self._ingest = ingest
-        self._auth = auth
 
     def Export(
         self, request: ExportLogsServiceRequest, context: grpc.ServicerContext
     ) -> ExportLogsServiceResponse:
-        _admit(self._auth, context)
         try:
             return logs_response(self._ingest.logs(request))
         except Unavailable as exc:
@@ -72,10 +88,11 @@ def make_server(
             ("grpc.max_send_message_length", 1024 * 1024),
             ("grpc.so_reuseport", 0),
         ],
+        interceptors=[_Auth(auth)],
         maximum_concurrent_rpcs=MAX_CONCURRENT_RPCS,
     )
-    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(_Traces(ingest, auth), server)
-    logs_service_pb2_grpc.add_LogsServiceServicer_to_server(_Logs(ingest, auth), server)
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(_Traces(ingest), server)
+    logs_service_pb2_grpc.add_LogsServiceServicer_to_server(_Logs(ingest), server)
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     bound = server.add_insecure_port(address)
     if bound == 0:
