@@ -110,8 +110,11 @@ class BridgeProcess:
 class Fleet:
     def __init__(self, roark: LocalRoark, tmp: Path) -> None:
         self.roark, self.tmp = roark, tmp
+        # One spool for both replicas: the Collector's load-balancing exporter (v0.161.0)
+        # hashes a log record's trace id (hex) unlike a span's (raw bytes), so a call's
+        # audio and its spans may reach different replicas (docs/OTEL.md).
         self.bridges = [
-            BridgeProcess(roark, tmp / f"bridge-{i}-spool", tmp / f"bridge-{i}.log") for i in (1, 2)
+            BridgeProcess(roark, tmp / "bridge-spool", tmp / f"bridge-{i}.log") for i in (1, 2)
         ]
         endpoints = ", ".join(b.grpc_endpoint for b in self.bridges)
         self.collector = Collector(
