@@ -34,11 +34,7 @@ from pipecat_roark_otel.simulation import run_simulated_call
 async def _one_call(target: OTLPRecordingTarget, sample_rate: int) -> tuple[str, list[bytes]]:
     observer = RoarkObserver(agent_id="fleet-bot", recording_target=target)
     recorded: list[bytes] = []
-
-    async def keep(_p: object, audio: bytes, _rate: int, _channels: int) -> None:
-        recorded.append(bytes(audio))
-
-    observer.audio_processor.add_event_handler("on_audio_data", keep)
+    observer.recording.add_listener(lambda pcm, _rate, _channels: recorded.append(pcm))
     await run_simulated_call(observer, audio_out_sample_rate=sample_rate)
     return observer.conversation_id, recorded
 
