@@ -15,6 +15,9 @@ from . import _errors
 from . import semconv as sc
 
 SETTING: Final = "RoarkObserver(attributes=...)"
+# The call span's own attributes are set last, at call end: room must be left for
+# them under the SDK's per-span attribute limit (128 by default).
+MAX_CUSTOM: Final = 32
 _SCALARS: Final = (str, bool, int, float)
 
 
@@ -44,17 +47,27 @@ def resolve(attributes: object) -> dict[str, AttributeValue]:
         reason = problem(key, value)
         if reason is not None:
             raise ValueError(f"{SETTING}: {reason}")
+    if len(attributes) > MAX_CUSTOM:
+        raise ValueError(f"{SETTING}: at most {MAX_CUSTOM} attributes per call")
     return {key: _frozen(value) for key, value in attributes.items()}
 
 
-def accept(attributes: object, call_id: str) -> dict[str, AttributeValue]:
-    """The attributes that may be set mid-call; the others are logged and counted."""
+def accept(
+    attributes: object, current: Mapping[str, AttributeValue], call_id: str
+) -> dict[str, AttributeValue]:
+    """The attributes that may join ``current`` mid-call; the others are logged and counted."""
     if not isinstance(attributes, Mapping):
         _reject(call_id, "set_attributes() takes a mapping of attribute names to values")
         return {}
     accepted: dict[str, AttributeValue] = {}
+    room = MAX_CUSTOM - len(current)
     for key, value in attributes.items():
         reason = problem(key, value)
+        if reason is None and key not in current and key not in accepted:
+            if room <= 0:
+                reason = f"{key!r}: a call takes at most {MAX_CUSTOM} custom attributes"
+            else:
+                room -= 1
         if reason is None:
             accepted[key] = _frozen(value)
         else:

@@ -220,7 +220,7 @@ class RoarkObserver(BaseObserver):
         span. Never raises: a bad or late attribute is logged and counted.
         """
         with _errors.guard("set_attributes"):
-            accepted = _attributes.accept(attributes, self._conversation_id)
+            accepted = _attributes.accept(attributes, self._custom, self._conversation_id)
             if not accepted:
                 return
             if self._record is not None and not self._record.set_custom(accepted):

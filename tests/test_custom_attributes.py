@@ -35,6 +35,7 @@ from .conftest import Otel
         ({"gen_ai.conversation.id": "other"}, "reserved"),
         ({"gen_ai.tool.name": "x"}, "reserved"),
         ({"roark.anything": "x"}, "'roark.anything' is reserved"),
+        ({f"k{i}": i for i in range(33)}, "at most 32 attributes"),
     ],
 )
 def test_bad_attributes_fail_at_construction(attributes: Any, says: str) -> None:
@@ -144,3 +145,18 @@ async def test_attributes_after_the_call_ended_are_rejected_not_raised(
     call_span = next(s for s in otel.spans() if s.name == sc.SPAN_CALL)
     assert (call_span.attributes or {}).get("early") == 1
     assert "late" not in (call_span.attributes or {})
+
+
+async def test_a_call_takes_a_bounded_number_of_attributes(
+    exporter: RoarkSpanExporter, roark: LocalRoark, otel: Otel
+) -> None:
+    """Our own call attributes, set at call end, must still fit under the SDK's limit."""
+    observer = RoarkObserver(agent_id="attrs", attributes={f"a{i}": i for i in range(30)})
+    await observer.on_pipeline_started()
+    observer.set_attributes({"a0": "updated", "b1": 1, "b2": 2, "b3": 3})
+    await observer.aflush(reason="client-disconnected")
+    assert _errors.dropped["attribute_rejected"] == 1
+    call_span = next(s for s in otel.spans() if s.name == sc.SPAN_CALL)
+    attrs = call_span.attributes or {}
+    assert attrs["a0"] == "updated" and attrs["b2"] == 2 and "b3" not in attrs
+    assert attrs[sc.CALL_ENDED_REASON] == "client-disconnected"
