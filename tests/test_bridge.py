@@ -133,6 +133,7 @@ def test_bridge_public_names_are_pinned() -> None:
         "Chunk",
         "Decoded",
         "RoarkBridge",
+        "TLSFiles",
         "decode_logs",
         "decode_traces",
     ]

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import gzip
 import resource
+import shutil
 import socket
+import ssl
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -24,7 +26,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 
 from pipecat_roark_otel import _errors
 from pipecat_roark_otel import semconv as sc
-from pipecat_roark_otel.bridge import BridgeConfig, RoarkBridge
+from pipecat_roark_otel.bridge import BridgeConfig, RoarkBridge, TLSFiles
+from pipecat_roark_otel.bridge._auth import BearerAuth, check_exposure
 from pipecat_roark_otel.config import resolve_settings
 from pipecat_roark_otel.devserver import LocalRoark
 from pipecat_roark_otel.exporter._delivery import DeliveryOptions
@@ -258,3 +261,65 @@ def test_a_full_or_read_only_spool_is_503_and_delivered_once_space_returns(
     assert call["ended"]["recordingSampleRate"] == 16000
     wav = roark.wav_bytes(call_id)
     assert wav is not None and wav[44:] == b"".join(bytes([i]) * 400_000 for i in range(3))
+
+
+def _pki(d: Path) -> dict[str, Path]:
+    """A CA, a server certificate for 127.0.0.1 and a client certificate, with openssl."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=d)
+
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=test-ca",
+        "-keyout", "ca.key", "-out", "ca.pem")  # fmt: skip
+    (d / "san.cnf").write_text("subjectAltName=IP:127.0.0.1\n")
+    for name, extra in (("server", ["-extfile", "san.cnf"]), ("client", [])):
+        run("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}",
+            "-keyout", f"{name}.key", "-out", f"{name}.csr")  # fmt: skip
+        run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+            "-CAcreateserial", "-days", "2", "-out", f"{name}.pem", *extra)  # fmt: skip
+    return {n: d / n for n in ("ca.pem", "server.pem", "server.key", "client.pem", "client.key")}
+
+
+def test_mtls_admits_only_client_certificates_of_its_ca(
+    make_bridge: BridgeFactory, tmp_path: Path
+) -> None:
+    pki = _pki(tmp_path)
+    tls = TLSFiles(pki["server.pem"], pki["server.key"], pki["ca.pem"])
+    bridge = make_bridge(tls=tls, token=None)
+    body = ob.traces(ob.started(f"mtls-{uuid.uuid4()}")).SerializeToString()
+    url = f"{bridge.http_endpoint}/v1/traces"
+    assert url.startswith("https://")
+    headers = {"Content-Type": PB}
+    with_cert = ssl.create_default_context(cafile=pki["ca.pem"])
+    with_cert.load_cert_chain(pki["client.pem"], pki["client.key"])
+    with httpx.Client(verify=with_cert) as ok:
+        assert ok.post(url, content=body, headers=headers).status_code == 200
+    with (
+        httpx.Client(verify=ssl.create_default_context(cafile=pki["ca.pem"])) as anonymous,
+        pytest.raises(httpx.HTTPError),
+    ):
+        anonymous.post(url, content=body, headers=headers)
+
+    root = pki["ca.pem"].read_bytes()
+    client = grpc.ssl_channel_credentials(
+        root, pki["client.key"].read_bytes(), pki["client.pem"].read_bytes()
+    )
+    request = ExportTraceServiceRequest.FromString(body)
+    with grpc.secure_channel(bridge.grpc_endpoint, client) as channel:
+        trace_service_pb2_grpc.TraceServiceStub(channel).Export(request, timeout=10)
+    anonymous_grpc = grpc.ssl_channel_credentials(root)
+    with (
+        grpc.secure_channel(bridge.grpc_endpoint, anonymous_grpc) as channel,
+        pytest.raises(grpc.RpcError),
+    ):
+        trace_service_pb2_grpc.TraceServiceStub(channel).Export(request, timeout=10)
+    assert bridge.ingest.stats()["spans"] == 2  # one over each protocol; nothing else
+
+
+def test_mtls_may_listen_beyond_loopback_without_a_token(tmp_path: Path) -> None:
+    tls = TLSFiles(tmp_path / "c.pem", tmp_path / "k.pem", tmp_path / "ca.pem")
+    check_exposure("0.0.0.0", BearerAuth(None), tls)
+    with pytest.raises(ValueError, match="tls-client-ca"):
+        check_exposure("0.0.0.0", BearerAuth(None), TLSFiles(tls.cert_file, tls.key_file))

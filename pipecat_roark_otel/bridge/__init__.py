@@ -8,7 +8,7 @@ exporter uses, and delivery takes it from there. See docs/OTEL.md.
 
 from __future__ import annotations
 
-from ._auth import ENV_TOKEN
+from ._auth import ENV_TOKEN, TLSFiles
 from ._decode import Chunk, Decoded, decode_logs, decode_traces
 from ._server import BridgeConfig, RoarkBridge
 
@@ -18,6 +18,7 @@ __all__ = [
     "Chunk",
     "Decoded",
     "RoarkBridge",
+    "TLSFiles",
     "decode_logs",
     "decode_traces",
 ]

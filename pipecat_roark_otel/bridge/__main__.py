@@ -13,11 +13,12 @@ import signal
 import sys
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 
 from ..config import resolve_settings
 from ..exporter._delivery import DeliveryOptions
 from ..exporter._engine import engine_for
-from ._auth import ENV_TOKEN, resolve_token
+from ._auth import ENV_TOKEN, TLSFiles, resolve_token
 from ._server import MAX_BODY_BYTES, BridgeConfig, RoarkBridge
 
 SHUTDOWN_DELIVERY_S = 5.0
@@ -38,6 +39,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--http-port", type=_port, default=4318, help="port, or 'off'")
     parser.add_argument("--spool-dir", default=None, help="outbox directory (ROARK_SPOOL_DIR)")
     parser.add_argument("--token-file", default=None, help="file holding the bearer token")
+    parser.add_argument("--tls-cert", type=Path, default=None, help="server certificate (PEM)")
+    parser.add_argument("--tls-key", type=Path, default=None, help="its private key (PEM)")
+    parser.add_argument(
+        "--tls-client-ca",
+        type=Path,
+        default=None,
+        help="CA of the client certificates to require (mTLS)",
+    )
     parser.add_argument(
         "--orphan-timeout",
         type=float,
@@ -53,6 +62,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def _tls(args: argparse.Namespace) -> TLSFiles | None:
+    if args.tls_cert is None and args.tls_key is None:
+        if args.tls_client_ca is not None:
+            raise ValueError("bridge --tls-client-ca needs --tls-cert and --tls-key")
+        return None
+    if args.tls_cert is None or args.tls_key is None:
+        raise ValueError("bridge --tls-cert and --tls-key go together")
+    return TLSFiles(args.tls_cert, args.tls_key, args.tls_client_ca)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     try:
@@ -64,6 +83,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             grpc_port=args.grpc_port,
             http_port=args.http_port,
             token=resolve_token(args.token_file),
+            tls=_tls(args),
             max_body_bytes=args.max_body_bytes,
         )
         engine = engine_for(settings, options=DeliveryOptions(orphan_timeout=args.orphan_timeout))
@@ -78,7 +98,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         sides.append(f"OTLP/gRPC on {bridge.grpc_endpoint}")
     if bridge.http_port is not None:
         sides.append(f"OTLP/HTTP on {bridge.http_endpoint}")
-    auth = "bearer token required" if bridge.auth.required else "no token (loopback only)"
+    auth = "bearer token required" if bridge.auth.required else "no token"
+    if config.tls is not None:
+        auth += ", mTLS" if config.tls.client_ca_file else ", TLS"
     print(f"roark bridge: {', '.join(sides)} ({auth}) → {settings.base_url}", flush=True)
     stop.wait()
     bridge.stop()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import os
+import ssl
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
@@ -48,6 +50,33 @@ def resolve_token(token_file: str | os.PathLike[str] | None) -> str | None:
     return os.environ.get(ENV_TOKEN) or None
 
 
+@dataclass(frozen=True, slots=True)
+class TLSFiles:
+    """PEM files, as the Collector's ``tls:`` settings name them; a client CA makes it mTLS."""
+
+    cert_file: Path
+    key_file: Path
+    client_ca_file: Path | None = None
+
+    def read(self) -> tuple[bytes, bytes, bytes | None]:
+        try:
+            ca = self.client_ca_file.read_bytes() if self.client_ca_file else None
+            return self.key_file.read_bytes(), self.cert_file.read_bytes(), ca
+        except OSError as exc:
+            raise ValueError(f"bridge TLS file {exc.filename}: {exc.strerror}") from None
+
+    def server_context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        try:
+            context.load_cert_chain(self.cert_file, self.key_file)
+            if self.client_ca_file is not None:
+                context.verify_mode = ssl.CERT_REQUIRED
+                context.load_verify_locations(self.client_ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise ValueError(f"bridge --tls-cert/--tls-key/--tls-client-ca: {exc}") from None
+        return context
+
+
 def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -57,10 +86,12 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def check_exposure(host: str, auth: BearerAuth) -> None:
-    """Open to the network only with a token: anyone who reaches the port writes calls."""
-    if not auth.required and not is_loopback(host):
+def check_exposure(host: str, auth: BearerAuth, tls: TLSFiles | None) -> None:
+    """Open to the network only with a token or client certificates: anyone who reaches the
+    port would write calls."""
+    mtls = tls is not None and tls.client_ca_file is not None
+    if not auth.required and not mtls and not is_loopback(host):
         raise ValueError(
-            f"bridge host {host!r} is not loopback: set {ENV_TOKEN} (or --token-file) so only "
-            "your Collector can write calls"
+            f"bridge host {host!r} is not loopback: set {ENV_TOKEN} (or --token-file), or "
+            "--tls-client-ca, so only your Collector can write calls"
         )

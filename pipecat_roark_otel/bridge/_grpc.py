@@ -18,7 +18,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 
-from ._auth import BearerAuth
+from ._auth import BearerAuth, TLSFiles
 from ._ingest import Ingest, Unavailable, logs_response, trace_response
 
 WORKERS: Final = 8
@@ -78,7 +78,13 @@ class _Logs(logs_service_pb2_grpc.LogsServiceServicer):
 
 
 def make_server(
-    ingest: Ingest, auth: BearerAuth, *, host: str, port: int, max_message_bytes: int
+    ingest: Ingest,
+    auth: BearerAuth,
+    *,
+    host: str,
+    port: int,
+    max_message_bytes: int,
+    tls: TLSFiles | None = None,
 ) -> tuple[grpc.Server, int]:
     """A bound, not yet started server and its port. gRPC checks the size after decompression."""
     server = grpc.server(
@@ -94,7 +100,14 @@ def make_server(
     trace_service_pb2_grpc.add_TraceServiceServicer_to_server(_Traces(ingest), server)
     logs_service_pb2_grpc.add_LogsServiceServicer_to_server(_Logs(ingest), server)
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    bound = server.add_insecure_port(address)
+    if tls is None:
+        bound = server.add_insecure_port(address)
+    else:
+        key, cert, ca = tls.read()
+        credentials = grpc.ssl_server_credentials(
+            [(key, cert)], root_certificates=ca, require_client_auth=ca is not None
+        )
+        bound = server.add_secure_port(address, credentials)
     if bound == 0:
         raise OSError(f"bridge could not listen for OTLP/gRPC on {host}:{port}")
     return server, bound

@@ -12,7 +12,7 @@ from aiohttp import web
 
 from ..exporter._engine import Engine
 from . import _grpc, _http
-from ._auth import BearerAuth, check_exposure
+from ._auth import BearerAuth, TLSFiles, check_exposure
 from ._ingest import Ingest
 
 MAX_BODY_BYTES: Final = 32 * 1024 * 1024
@@ -26,6 +26,7 @@ class BridgeConfig:
     grpc_port: int | None = 4317
     http_port: int | None = 4318
     token: str | None = None
+    tls: TLSFiles | None = None
     max_body_bytes: int = MAX_BODY_BYTES
     read_timeout: float = 30.0
     keepalive_timeout: float = 75.0
@@ -34,7 +35,8 @@ class BridgeConfig:
     def __repr__(self) -> str:  # never the token
         return (
             f"BridgeConfig(host={self.host!r}, grpc_port={self.grpc_port}, "
-            f"http_port={self.http_port}, token={'set' if self.token else None})"
+            f"http_port={self.http_port}, token={'set' if self.token else None}, "
+            f"tls={self.tls is not None})"
         )
 
 
@@ -46,7 +48,8 @@ class RoarkBridge:
         if self.config.max_body_bytes <= 0 or self.config.read_timeout <= 0:
             raise ValueError("bridge max_body_bytes and read_timeout must be positive")
         self.auth = BearerAuth(self.config.token)
-        check_exposure(self.config.host, self.auth)
+        check_exposure(self.config.host, self.auth, self.config.tls)
+        self._ssl = self.config.tls.server_context() if self.config.tls else None
         self.ingest = Ingest(engine)
         self.grpc_port: int | None = None
         self.http_port: int | None = None
@@ -61,7 +64,8 @@ class RoarkBridge:
 
     @property
     def http_endpoint(self) -> str:
-        return f"http://{self.config.host}:{self.http_port}"
+        scheme = "https" if self.config.tls else "http"
+        return f"{scheme}://{self.config.host}:{self.http_port}"
 
     def start(self) -> RoarkBridge:
         """Listen on both sides; returns once the ports are bound."""
@@ -73,6 +77,7 @@ class RoarkBridge:
                 host=c.host,
                 port=c.grpc_port,
                 max_message_bytes=c.max_body_bytes,
+                tls=c.tls,
             )
             self._grpc.start()
         if c.http_port is not None:
@@ -109,7 +114,7 @@ class RoarkBridge:
                 shutdown_timeout=c.drain_timeout,
             )
             loop.run_until_complete(self._runner.setup())
-            site = web.TCPSite(self._runner, c.host, c.http_port)
+            site = web.TCPSite(self._runner, c.host, c.http_port, ssl_context=self._ssl)
             loop.run_until_complete(site.start())
             self.http_port = self._runner.addresses[0][1]
         except BaseException as exc:
