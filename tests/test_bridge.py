@@ -30,29 +30,18 @@ from .conftest import TOKEN, BridgeFactory, Otel
 from .test_recording import Wav
 
 
-def _otlp_exporter(bridge: RoarkBridge, protocol: str) -> SpanExporter:
+def _otlp_exporters(bridge: RoarkBridge, protocol: str) -> tuple[SpanExporter, LogRecordExporter]:
+    """A bot's OTLP span and log exporters to the bridge, as users configure them."""
     if protocol == "grpc":
-        return GrpcSpanExporter(
-            endpoint=bridge.grpc_endpoint,
-            insecure=True,
-            headers={"authorization": f"Bearer {TOKEN}"},
+        endpoint, headers = bridge.grpc_endpoint, {"authorization": f"Bearer {TOKEN}"}
+        return (
+            GrpcSpanExporter(endpoint=endpoint, insecure=True, headers=headers),
+            GrpcLogExporter(endpoint=endpoint, insecure=True, headers=headers),
         )
-    return HttpSpanExporter(
-        endpoint=f"{bridge.http_endpoint}/v1/traces",
-        headers={"Authorization": f"Bearer {TOKEN}"},
-    )
-
-
-def _otlp_log_exporter(bridge: RoarkBridge, protocol: str) -> LogRecordExporter:
-    if protocol == "grpc":
-        return GrpcLogExporter(
-            endpoint=bridge.grpc_endpoint,
-            insecure=True,
-            headers={"authorization": f"Bearer {TOKEN}"},
-        )
-    return HttpLogExporter(
-        endpoint=f"{bridge.http_endpoint}/v1/logs",
-        headers={"Authorization": f"Bearer {TOKEN}"},
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    return (
+        HttpSpanExporter(endpoint=f"{bridge.http_endpoint}/v1/traces", headers=headers),
+        HttpLogExporter(endpoint=f"{bridge.http_endpoint}/v1/logs", headers=headers),
     )
 
 
@@ -62,11 +51,10 @@ async def test_recording_crosses_the_bridge_byte_exact(
 ) -> None:
     """The bot host has no Roark exporter and no Roark key: spans and audio go out as OTLP."""
     bridge = make_bridge()
-    otel.add(BatchSpanProcessor(_otlp_exporter(bridge, protocol)))
+    span_exporter, log_exporter = _otlp_exporters(bridge, protocol)
+    otel.add(BatchSpanProcessor(span_exporter))
     logs = LoggerProvider()
-    logs.add_log_record_processor(
-        BatchLogRecordProcessor(_otlp_log_exporter(bridge, protocol), max_export_batch_size=4)
-    )
+    logs.add_log_record_processor(BatchLogRecordProcessor(log_exporter, max_export_batch_size=1))
     try:
         observer = RoarkObserver(agent_id="fleet-bot", recording_target=OTLPRecordingTarget(logs))
         recorded: list[bytes] = []
@@ -94,7 +82,7 @@ async def test_call_crosses_the_bridge(
 ) -> None:
     bridge = make_bridge()
     # The bot host: OTLP only, no Roark exporter in process.
-    otel.add(BatchSpanProcessor(_otlp_exporter(bridge, protocol)))
+    otel.add(BatchSpanProcessor(_otlp_exporters(bridge, protocol)[0]))
     observer = RoarkObserver(agent_id="fleet-bot", api_key="unused-on-the-bot")
     await run_simulated_call(observer, audio_out_sample_rate=16_000)
     assert otel.force_flush()

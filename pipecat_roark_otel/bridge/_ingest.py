@@ -20,7 +20,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 
 from .. import _errors
 from ..exporter._engine import Engine
-from ..exporter._translate import Item, translate
+from ..exporter._translate import translate
 from ._decode import Chunk, Decoded, decode_logs, decode_traces
 
 T = TypeVar("T")
@@ -86,7 +86,7 @@ class Ingest:
                 continue
             if item is None:
                 continue
-            self._store(self._put, item)
+            self._store(self.engine.put_item, item)
             stored += 1
         self._account(decoded, spans=stored)
         return decoded
@@ -98,14 +98,6 @@ class Ingest:
             self._store(self._put_chunk, chunk)
         self._account(decoded, chunks=len(decoded.chunks))
         return decoded
-
-    def _put(self, item: Item) -> None:
-        if item.kind == "started":
-            self.engine.put_started(item.call_id, item.body)
-        elif item.kind == "segment":
-            self.engine.put_segment(item.call_id, item.index, item.body)
-        else:
-            self.engine.put_end(item.call_id, item.body)
 
     def _put_chunk(self, c: Chunk) -> None:
         self.engine.put_chunk(

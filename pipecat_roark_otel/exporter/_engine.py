@@ -22,6 +22,7 @@ from ..config import RoarkSettings
 from ._client import RoarkClient
 from ._delivery import Delivery, DeliveryOptions
 from ._outbox import Outbox, call_key
+from ._translate import Item
 
 ATEXIT_FLUSH_S: Final = 2.0
 
@@ -69,6 +70,15 @@ class Engine:
         self.delivery.persist_call(call_id)  # its audio is durable before its end is
         self.outbox.put_end(call_id, end)
         self.delivery.notify(call_key(call_id))
+
+    def put_item(self, item: Item) -> None:
+        """One translated span's item; OSError if the outbox cannot store it."""
+        if item.kind == "started":
+            self.put_started(item.call_id, item.body)
+        elif item.kind == "segment":
+            self.put_segment(item.call_id, item.index, item.body)
+        else:
+            self.put_end(item.call_id, item.body)
 
     def put_chunk(
         self,

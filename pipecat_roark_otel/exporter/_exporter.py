@@ -68,14 +68,8 @@ class RoarkSpanExporter(SpanExporter):
                 continue
             with _errors.guard("export"):
                 item = translate(span)
-                if item is None:
-                    continue
-                if item.kind == "started":
-                    self._engine.put_started(item.call_id, item.body)
-                elif item.kind == "segment":
-                    self._engine.put_segment(item.call_id, item.index, item.body)
-                else:
-                    self._engine.put_end(item.call_id, item.body)
+                if item is not None:
+                    self._engine.put_item(item)
         return SpanExportResult.SUCCESS
 
     def force_flush(self, timeout_millis: int = 30_000) -> bool:
