@@ -20,6 +20,8 @@ from pipecat_roark_otel.exporter import RoarkSpanExporter
 from pipecat_roark_otel.exporter._delivery import DeliveryOptions
 from pipecat_roark_otel.exporter._engine import Engine, engine_for
 
+from .otelbin import Jaeger
+
 _errors.set_raise_internal_errors(True)
 
 _OUR_ENV = ("ROARK_API_KEY", "ROARK_BASE_URL", "ROARK_SPOOL_DIR")
@@ -140,3 +142,10 @@ def make_bridge(roark: LocalRoark, tmp_path: Path) -> Iterator[BridgeFactory]:
     for bridge, engine in made:
         bridge.stop()
         engine.shutdown(2.0)
+
+
+@pytest.fixture
+def jaeger(tmp_path: Path) -> Iterator[Jaeger]:
+    """The real Jaeger v2 on loopback ports (tests/otelbin.py); skips without its binary."""
+    with Jaeger(tmp_path / "jaeger") as j:
+        yield j
