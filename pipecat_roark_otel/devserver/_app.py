@@ -494,5 +494,8 @@ class AppServer:
             asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(timeout + 5)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout)
+        if not self._thread.is_alive():
+            # An unclosed loop warns from the garbage collector, at any later moment.
+            self._loop.close()
         self._pool.shutdown(wait=False, cancel_futures=True)
         self._sock.close()
