@@ -47,6 +47,7 @@ def test_shipped_collector_configs_validate(config: Path) -> None:
             "OTELCOL_LISTEN_HOST": "127.0.0.1",
             "OTELCOL_OTLP_GRPC_PORT": "14317",
             "ROARK_BRIDGE_ENDPOINTS": "[127.0.0.1:24317, 127.0.0.1:24318]",
+            "ROARK_BRIDGE_TOKEN": "fleet-token",
         },
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -96,6 +97,7 @@ def test_fleet_collector_keeps_each_trace_on_one_backend(tmp_path: Path) -> None
         env = {
             "ROARK_BRIDGE_ENDPOINTS": f"[{first.otlp_grpc_endpoint}, {second.otlp_grpc_endpoint}]",
             "OTELCOL_STORAGE_DIR": str(tmp_path / "queue"),
+            "ROARK_BRIDGE_TOKEN": "fleet-token",  # Jaeger ignores it
         }
         with Collector(FLEET_COLLECTOR_CONFIG, logs, env) as collector:
             provider = TracerProvider(resource=Resource.create({"service.name": "fleet-bot"}))

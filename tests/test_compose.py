@@ -190,7 +190,7 @@ def test_jaeger_config_is_a_real_file_listening_where_compose_says(
 def test_fleet_collector_config_routes_traces_and_logs_by_trace_id() -> None:
     """The fleet Collector: both signals through the load balancer, queued on disk."""
     text = (ROOT / "deploy" / "otel-collector-fleet.yaml").read_text()
-    cfg = yaml.safe_load(_expand(text, {}))
+    cfg = yaml.safe_load(_expand(text, {"ROARK_BRIDGE_TOKEN": "required, no default"}))
     _defined_and_used(cfg)
     pipelines = cfg["service"]["pipelines"]
     assert set(pipelines) == {"traces", "logs"}
