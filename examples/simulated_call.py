@@ -123,7 +123,12 @@ async def main(argv: list[str] | None = None) -> int:
             detail = record.get("arguments") if record["kind"] == "tool_call" else record["content"]
             print(f"  {record['kind']:>11}: {record.get('name', record['toolCallId'])} {detail}")
         print(f"wav:      {call.get('wav_path')}")
-        print(f"page:     {base_url}/calls/{observer.conversation_id}")
+        page = f"/calls/{quote(observer.conversation_id, safe='')}"
+        print(f"page:     {base_url}{page}")
+        # The embedded server stops with this script; its data dir outlives it.
+        print("serve it again after this script exits:")
+        print(f"  python -m pipecat_roark_otel.devserver --data-dir {local.data_dir} --port 8787")
+        print(f"  then open http://127.0.0.1:8787{page}")
         print(json.dumps({"callEndedReason": ended["callEndedReason"]}))
         provider.shutdown()
     return 0

@@ -5,6 +5,7 @@ import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from opentelemetry import trace
 from opentelemetry.context import Context
@@ -21,6 +22,7 @@ from pipecat_roark_otel.exporter._delivery import DeliveryOptions
 from pipecat_roark_otel.exporter._engine import Engine, engine_for
 
 from .otelbin import Jaeger
+from .support import auth_headers
 
 _errors.set_raise_internal_errors(True)
 
@@ -101,6 +103,22 @@ def otel() -> Iterator[Otel]:
 def roark(tmp_path: Path) -> Iterator[LocalRoark]:
     with LocalRoark(data_dir=tmp_path / "roark") as server:
         yield server
+
+
+@pytest.fixture
+def api(roark: LocalRoark) -> Iterator[httpx.Client]:
+    """A client of the local Roark's API, with its key."""
+    with httpx.Client(
+        base_url=roark.base_url, headers=auth_headers(roark.api_key), timeout=10
+    ) as client:
+        yield client
+
+
+@pytest.fixture
+def s3() -> Iterator[httpx.Client]:
+    """A bare client for presigned URLs: no auth headers, like an object-store PUT."""
+    with httpx.Client(timeout=10) as client:
+        yield client
 
 
 @pytest.fixture

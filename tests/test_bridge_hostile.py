@@ -36,7 +36,7 @@ from pipecat_roark_otel.exporter._outbox import call_key
 
 from . import otlp_build as ob
 from .conftest import TOKEN, BridgeFactory
-from .test_faults import wait_until
+from .support import wait_until
 
 PB = "application/x-protobuf"
 AUTH = {"Authorization": f"Bearer {TOKEN}", "Content-Type": PB}

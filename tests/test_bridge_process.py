@@ -15,7 +15,7 @@ import httpx
 from pipecat_roark_otel.devserver import LocalRoark
 
 from . import otlp_build as ob
-from .test_faults import wait_until
+from .support import wait_until
 
 SECRET = "rk_test_BRIDGEkeyZq81"
 TOKEN = "bridge-token-Kx93"

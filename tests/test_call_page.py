@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import struct
 import subprocess
+import sys
 from dataclasses import dataclass, field
 from datetime import datetime
 from html.parser import HTMLParser
 from pathlib import Path
-from urllib.parse import quote, urljoin
+from urllib.parse import quote, urljoin, urlsplit
 
 import httpx
 import pytest
@@ -21,6 +23,7 @@ from pipecat_roark_otel.exporter import RoarkSpanExporter
 from pipecat_roark_otel.simulation import run_simulated_call
 
 from .conftest import Otel
+from .support import EXPECTED_TURNS, auth_headers
 
 pytestmark = pytest.mark.e2e
 
@@ -76,6 +79,7 @@ class Page(HTMLParser):
     links: list[tuple[str, str]] = field(default_factory=list)
     audio: list[str] = field(default_factory=list)
     tags: list[str] = field(default_factory=list)
+    elements: list[tuple[str, dict[str, str | None]]] = field(default_factory=list)
     h1: str = ""
     _stack: list[str] = field(default_factory=list)
     _cell: list[str] | None = None
@@ -89,6 +93,7 @@ class Page(HTMLParser):
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         a = dict(attrs)
         self.tags.append(tag)
+        self.elements.append((tag, a))
         if tag in ("div", "p", "br") and self._cell is not None:
             self._cell.append(" ")  # a block starts a new line
         if tag in ("br", "meta", "source", "img"):
@@ -161,7 +166,7 @@ async def test_call_page_shows_the_call(
     resp = httpx.post(
         f"{roark.base_url}/_dev/calls/{quote(CALL_ID, safe='')}/trace",
         json={"traceId": trace_id, "jaegerUrl": JAEGER},
-        headers={"x-roark-api-key": roark.api_key, "authorization": f"Bearer {roark.api_key}"},
+        headers=auth_headers(roark.api_key),
     )
     assert resp.status_code == 200
     page = _page(url, tmp_path / "profile")
@@ -178,16 +183,8 @@ async def test_call_page_shows_the_call(
     start = page.rows.index(header) + 1
     timeline = page.rows[start : start + len(ended["transcript"]) + 1]
     shown = [(r[1], r[2]) for r in timeline]
-    assert shown == [
-        ("assistant", "Hello! Thanks for calling Copperline Care. How can I help?"),
-        ("user", "I'd like to check on my order"),
-        ("tool", 'lookup_order({"order_id":"A-1042"}) → {"status":"shipped"}'),
-        ("assistant", "Sure, let me look that up for you."),
-        ("user", "Is it arriving today"),
-        ("assistant", "Your order shipped yesterday and will"),
-        ("user", "Great thanks"),
-        ("assistant", "You're welcome. Goodbye!"),
-    ]
+    tool = ("tool", 'lookup_order({"order_id":"A-1042"}) → {"status":"shipped"}')
+    assert shown == [*EXPECTED_TURNS[:2], tool, *EXPECTED_TURNS[2:]]
     turn_rows = [r for r in timeline if r[1] != "tool"]
     t0 = ended["callStartedAt"]
     previous = None
@@ -228,3 +225,62 @@ async def test_call_page_shows_the_call(
 
     # And the way to the call's trace.
     assert (f"{JAEGER}/trace/{trace_id}", "View trace in Jaeger") in page.links
+
+    # The stereo waveform: a user row and a bot row, each turn laid on its own row where its
+    # audio is, each reply's latency over it; a tool call is a mark at its moment.
+    paths = {a.get("class"): a.get("d") or "" for tag, a in page.elements if tag == "path"}
+    assert paths["peaks user"].count("M") == paths["peaks bot"].count("M") == 600
+    rects = [a for tag, a in page.elements if tag == "rect" and "turn" in (a.get("class") or "")]
+    transcript = ended["transcript"]
+    assert [r["class"] for r in rects] == [f"turn {t['role']}" for t in transcript]
+    assert [r["data-t"] for r in rects] == [f"{t['audioOffsetMs'] / 1000:.3f}" for t in transcript]
+    bot_rows = {float(r["y"] or 0) > 0 for r in rects if r["class"] == "turn assistant"}
+    user_rows = {float(r["y"] or 0) > 0 for r in rects if r["class"] == "turn user"}
+    assert (bot_rows, user_rows) == ({True}, {False})
+    latencies = [r[5] for r in turn_rows if r[5]]
+    # Each latency shows twice: in the table and over its reply on the waveform.
+    assert latencies and all(page.visible.count(x) == 2 * latencies.count(x) for x in latencies)
+    assert sum(tag == "line" and a.get("class") == "tool" for tag, a in page.elements) == 1
+
+    # Clicking a turn (its #t= link) plays the recording from the turn's onset.
+    reply = next(t for t in transcript if t["role"] == "assistant" and t["audioOffsetMs"] > 0)
+    at = f"{reply['audioOffsetMs'] / 1000:.3f}"
+    assert (f"#t={at}", "▶") in page.links
+    played = _page(f"{url}#t={at}", tmp_path / "profile")
+    (player,) = [a for tag, a in played.elements if tag == "audio"]
+    assert player.get("data-seek") == at
+    marked = [a for _, a in played.elements if "playing" in (a.get("class") or "")]
+    assert marked and all(a.get("data-t") == at for a in marked)
+
+
+def test_the_simulated_call_prints_how_to_serve_its_page_again(tmp_path: Path) -> None:
+    example = Path(__file__).parent.parent / "examples" / "simulated_call.py"
+    data = tmp_path / "dev"
+    run = subprocess.run(
+        [sys.executable, str(example), "--local", "--speed", "8", "--data-dir", str(data)],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+        env={k: v for k, v in os.environ.items() if not k.startswith(("ROARK_", "OTEL_"))},
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    lines = run.stdout.splitlines()
+    serve = lines[lines.index("serve it again after this script exits:") + 1].split()
+    page = lines[lines.index("serve it again after this script exits:") + 2].split()[-1]
+    assert serve[:3] == ["python", "-m", "pipecat_roark_otel.devserver"]
+    assert serve[serve.index("--data-dir") + 1] == str(data / "roark")
+    # The script is gone; its command brings the call's page back (on a free port here).
+    serve[serve.index("--port") + 1] = "0"
+    with subprocess.Popen([sys.executable, *serve[1:]], stdout=subprocess.PIPE, text=True) as proc:
+        try:
+            assert proc.stdout is not None
+            line = proc.stdout.readline()
+            base = line.split()[line.split().index("on") + 1]
+            resp = httpx.get(base + urlsplit(page).path, timeout=30)
+        finally:
+            proc.terminate()
+            proc.wait(30)
+    assert resp.status_code == 200
+    assert "Your order shipped yesterday and will" in resp.text
+    assert 'class="peaks user"' in resp.text

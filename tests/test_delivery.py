@@ -25,21 +25,13 @@ from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY, get_value
 from pipecat_roark_otel.config import RoarkSettings
 from pipecat_roark_otel.devserver import LocalRoark
 from pipecat_roark_otel.exporter import deadletters
-from pipecat_roark_otel.exporter._delivery import DeliveryOptions
 from pipecat_roark_otel.exporter._engine import Engine, engine_for
 from pipecat_roark_otel.exporter._outbox import Outbox, call_key
 from pipecat_roark_otel.exporter._payloads import CallStarted, TranscriptTurn
 
+from .support import FAST, wait_until
+
 KEY = "rk_test_local"
-FAST = DeliveryOptions(
-    backoff_base=0.01,
-    backoff_cap=0.05,
-    auth_backoff_base=0.1,
-    auth_backoff_cap=0.2,
-    rescan_interval=0.1,
-    breaker_cooldown=0.05,
-    request_timeout=3.0,
-)
 TS = "2025-01-01T00:00:00+00:00"
 
 
@@ -97,14 +89,6 @@ def status(roark: LocalRoark, cid: str) -> str | None:
     return None if call is None else str(call["status"])
 
 
-def wait_until(cond: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.02)
-
-
 @pytest.fixture
 def engines() -> Iterator[Callable[..., Engine]]:
     made: list[Engine] = []
@@ -126,12 +110,6 @@ def engines() -> Iterator[Callable[..., Engine]]:
     yield make
     for engine in made:
         engine.shutdown(2.0)
-
-
-@pytest.fixture
-def roark(tmp_path: Path) -> Iterator[LocalRoark]:
-    with LocalRoark(data_dir=tmp_path / "roark", api_key=KEY) as server:
-        yield server
 
 
 # -- exact request shapes through a MockTransport ------------------------------------------

@@ -9,7 +9,6 @@ import subprocess
 import sys
 import time
 import wave
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
@@ -20,8 +19,8 @@ import pytest
 import pipecat_roark_otel.devserver as devserver
 from pipecat_roark_otel.devserver import Faults, LocalRoark
 
-WEBHOOK = "/v1/integrations/pipecat"
-PRESIGN = "/v1/integrations/pipecat/chunk-upload-url"
+from .support import PRESIGN, WEBHOOK, auth_headers
+
 PCM = {"content-type": "audio/pcm"}
 T0 = "2025-01-01T10:00:00.000Z"
 
@@ -32,29 +31,6 @@ class FakeClock:
 
     def __call__(self) -> float:
         return self.now
-
-
-@pytest.fixture
-def roark(tmp_path: Path) -> Iterator[LocalRoark]:
-    with LocalRoark(tmp_path / "roark") as server:
-        yield server
-
-
-@pytest.fixture
-def api(roark: LocalRoark) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=roark.base_url, headers=_auth(roark.api_key)) as client:
-        yield client
-
-
-@pytest.fixture
-def s3() -> Iterator[httpx.Client]:
-    """A bare client for presigned URLs: no auth headers, like an object-store PUT."""
-    with httpx.Client() as client:
-        yield client
-
-
-def _auth(key: str) -> dict[str, str]:
-    return {"x-roark-api-key": key, "authorization": f"Bearer {key}"}
 
 
 def _started(call_id: str, **extra: Any) -> dict[str, Any]:
@@ -121,7 +97,7 @@ def test_public_api_is_pinned() -> None:
     [
         {"x-roark-api-key": "rk_test_local"},
         {"authorization": "Bearer rk_test_local"},
-        _auth("rk_test_wrong"),
+        auth_headers("rk_test_wrong"),
         {"x-roark-api-key": "rk_test_local", "authorization": "Bearer rk_test_other"},
         {"x-roark-api-key": "rk_test_local", "authorization": "Basic rk_test_local"},
         {},
@@ -149,7 +125,7 @@ def test_rotated_key_is_rejected_and_new_key_accepted(roark: LocalRoark, api: ht
     roark.set_api_keys(["rk_test_new"])
     assert api.post(WEBHOOK, json=_ended("c1")).status_code == 401
     assert roark.api_key == "rk_test_new"
-    resp = api.post(WEBHOOK, json=_ended("c1"), headers=_auth("rk_test_new"))
+    resp = api.post(WEBHOOK, json=_ended("c1"), headers=auth_headers("rk_test_new"))
     assert resp.status_code == 200
     with pytest.raises(ValueError):
         roark.set_api_keys([])
@@ -243,7 +219,7 @@ def test_presign_validates_strictly(
 def test_oversized_body_is_413_and_stores_nothing(tmp_path: Path) -> None:
     with (
         LocalRoark(tmp_path, max_body_bytes=1024) as roark,
-        httpx.Client(base_url=roark.base_url, headers=_auth(roark.api_key)) as api,
+        httpx.Client(base_url=roark.base_url, headers=auth_headers(roark.api_key)) as api,
     ):
         body = _started("c1", agentPrompt="x" * 2048)
         resp = api.post(WEBHOOK, json=body)
@@ -318,7 +294,7 @@ def test_expired_url_is_rejected(tmp_path: Path) -> None:
     clock = FakeClock()
     with (
         LocalRoark(tmp_path, url_ttl_s=5.0, clock=clock) as roark,
-        httpx.Client(base_url=roark.base_url, headers=_auth(roark.api_key)) as api,
+        httpx.Client(base_url=roark.base_url, headers=auth_headers(roark.api_key)) as api,
         httpx.Client() as s3,
     ):
         url = _presign(api, "c1", 0)
@@ -355,7 +331,7 @@ def test_tampered_url_is_rejected(
 def test_oversized_chunk_is_413(tmp_path: Path) -> None:
     with (
         LocalRoark(tmp_path, max_chunk_bytes=100) as roark,
-        httpx.Client(base_url=roark.base_url, headers=_auth(roark.api_key)) as api,
+        httpx.Client(base_url=roark.base_url, headers=auth_headers(roark.api_key)) as api,
         httpx.Client() as s3,
     ):
         url = _presign(api, "c1", 0)
@@ -477,7 +453,7 @@ def test_state_persists_across_restart(tmp_path: Path) -> None:
     pcm = b"\x10\x00\x20\x00"
     with (
         LocalRoark(tmp_path) as first,
-        httpx.Client(base_url=first.base_url, headers=_auth(first.api_key)) as api,
+        httpx.Client(base_url=first.base_url, headers=auth_headers(first.api_key)) as api,
         httpx.Client() as s3,
     ):
         api.post(WEBHOOK, json=_started("c1"))
@@ -486,7 +462,7 @@ def test_state_persists_across_restart(tmp_path: Path) -> None:
         before = first.call("c1")
     with (
         LocalRoark(tmp_path) as second,
-        httpx.Client(base_url=second.base_url, headers=_auth(second.api_key)) as api,
+        httpx.Client(base_url=second.base_url, headers=auth_headers(second.api_key)) as api,
     ):
         assert second.call("c1") == before
         wav = second.wav_bytes("c1")
@@ -616,7 +592,7 @@ def test_down_drops_everything_until_cleared(roark: LocalRoark, api: httpx.Clien
 
 
 def test_faults_over_http(roark: LocalRoark, api: httpx.Client) -> None:
-    with httpx.Client(base_url=roark.base_url, headers=_auth(roark.api_key)) as dev:
+    with httpx.Client(base_url=roark.base_url, headers=auth_headers(roark.api_key)) as dev:
         spec = {"fail_next": {"n": 1, "status": 429, "retry_after": 1, "endpoint": "webhook"}}
         resp = dev.post("/_dev/faults", json=spec)
         assert resp.status_code == 200
@@ -720,7 +696,9 @@ def test_call_page_renders_escaped_transcript_tools_audio_and_trace(
     assert "640 ms" in html
     assert "1000–2000 ms" in html
     assert "&lt;7pm&gt;" in html and "booked" in html
-    assert '<audio controls preload="none" src="/api/calls/call%20%3C1%3E/recording.wav">' in html
+    assert (
+        '<audio id="player" controls preload="none" src="/api/calls/call%20%3C1%3E/recording.wav">'
+    ) in html
     assert 'href="http://localhost:16686/trace/0af7651916cd43dd8448eb211c80319c"' in html
     assert "View trace in Jaeger" in html
     assert index.status_code == 200
@@ -756,7 +734,7 @@ def test_cli_prints_url_and_exits_on_sigterm(tmp_path: Path) -> None:
         assert proc.stdout is not None
         line = proc.stdout.readline()
         url = line.split()[line.split().index("on") + 1]
-        with httpx.Client(base_url=url, headers=_auth("rk_test_cli")) as api:
+        with httpx.Client(base_url=url, headers=auth_headers("rk_test_cli")) as api:
             assert api.post(WEBHOOK, json=_started("c1")).status_code == 200
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=10) == 0

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -14,17 +13,9 @@ import pipecat_roark_otel.devserver as devserver
 from pipecat_roark_otel.devserver import LocalRoark
 from pipecat_roark_otel.exporter import _payloads
 
-WEBHOOK = "/v1/integrations/pipecat"
-PRESIGN = "/v1/integrations/pipecat/chunk-upload-url"
+from .support import PRESIGN, WEBHOOK
+
 T0 = "2025-01-01T10:00:00.000Z"
-
-
-@pytest.fixture
-def api(roark: LocalRoark) -> Iterator[httpx.Client]:
-    key = roark.api_key
-    headers = {"x-roark-api-key": key, "authorization": f"Bearer {key}"}
-    with httpx.Client(base_url=roark.base_url, headers=headers) as client:
-        yield client
 
 
 def test_the_devserver_never_imports_the_exporter() -> None:
@@ -109,6 +100,7 @@ _CALL = {"kind": "tool_call", "toolCallId": "t1", "name": "f", "arguments": "{}"
             _ended(toolCalls=[{**_CALL, "kind": "tool_result", "content": {"a": 1}}]),
             "toolCalls.0.tool_result",
         ),
+        (_ended(toolCalls=[{**_CALL, "toolCallId": 7}]), "toolCallId"),
         (_ended(transcript=[{**_TURN, "timestamp": "2025-01-01 10:00"}]), "transcript.0.timestamp"),
     ],
     ids=[
@@ -123,6 +115,7 @@ _CALL = {"kind": "tool_call", "toolCallId": "t1", "name": "f", "arguments": "{}"
         "unknown-tool-kind",
         "arguments-not-a-string",
         "result-content-object",
+        "numeric-tool-call-id",
         "naive-turn-time",
     ],
 )

@@ -14,7 +14,6 @@ import sys
 import threading
 import time
 import wave
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -26,20 +25,10 @@ from hypothesis import strategies as st
 
 from pipecat_roark_otel.devserver import LocalRoark
 
-WEBHOOK = "/v1/integrations/pipecat"
-PRESIGN = "/v1/integrations/pipecat/chunk-upload-url"
+from .support import PRESIGN, WEBHOOK, auth_headers
+
 PCM = {"content-type": "audio/pcm"}
 T0 = "2025-01-01T10:00:00.000Z"
-
-
-def _auth(key: str) -> dict[str, str]:
-    return {"x-roark-api-key": key, "authorization": f"Bearer {key}"}
-
-
-@pytest.fixture
-def api(roark: LocalRoark) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=roark.base_url, headers=_auth(roark.api_key), timeout=10) as c:
-        yield c
 
 
 def _started(call_id: str) -> dict[str, Any]:
@@ -103,7 +92,7 @@ def test_a_sample_rate_of_2_to_the_40_is_422_and_builds_no_wav(
 
 
 def test_unauthenticated_bodies_are_never_parsed(roark: LocalRoark) -> None:
-    with httpx.Client(base_url=roark.base_url, headers=_auth("rk_test_stranger")) as anon:
+    with httpx.Client(base_url=roark.base_url, headers=auth_headers("rk_test_stranger")) as anon:
         for content in (_DEEP, _HUGE_INT, json.dumps(_started("c1")).encode()):
             resp = anon.post(WEBHOOK, content=content)
             assert resp.status_code == 401
@@ -136,7 +125,7 @@ def test_a_stored_huge_chunk_index_does_not_make_pages_allocate(tmp_path: Path) 
     data = tmp_path / "roark"
     with (
         LocalRoark(data) as roark,
-        httpx.Client(base_url=roark.base_url, headers=_auth(roark.api_key)) as api,
+        httpx.Client(base_url=roark.base_url, headers=auth_headers(roark.api_key)) as api,
         httpx.Client() as s3,
     ):
         api.post(WEBHOOK, json=_started("c1"))
@@ -207,7 +196,7 @@ def test_data_dir_is_0700_and_files_0600_whatever_the_umask(tmp_path: Path) -> N
     try:
         with (
             LocalRoark(tmp_path / "roark") as roark,
-            httpx.Client(base_url=roark.base_url, headers=_auth(roark.api_key)) as api,
+            httpx.Client(base_url=roark.base_url, headers=auth_headers(roark.api_key)) as api,
         ):
             api.post(WEBHOOK, json=_started("c1"))
             with httpx.Client() as s3:
@@ -245,8 +234,10 @@ def test_cli_takes_its_key_from_the_environment(tmp_path: Path) -> None:
         line = proc.stdout.readline()
         url = line.split()[line.split().index("on") + 1]
         with httpx.Client(base_url=url) as client:
-            ok = client.post(WEBHOOK, json=_started("c1"), headers=_auth("rk_test_from_env"))
-            default = client.post(WEBHOOK, json=_started("c2"), headers=_auth("rk_test_local"))
+            ok = client.post(WEBHOOK, json=_started("c1"), headers=auth_headers("rk_test_from_env"))
+            default = client.post(
+                WEBHOOK, json=_started("c2"), headers=auth_headers("rk_test_local")
+            )
         assert (ok.status_code, default.status_code) == (200, 401)
         assert "rk_test_from_env" not in Path(f"/proc/{proc.pid}/cmdline").read_text()
         proc.send_signal(signal.SIGTERM)

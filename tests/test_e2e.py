@@ -14,6 +14,7 @@ from pipecat_roark_otel.exporter import RoarkSpanExporter
 from pipecat_roark_otel.simulation import run_simulated_call
 
 from .conftest import Otel
+from .support import EXPECTED_TURNS
 
 pytestmark = pytest.mark.e2e
 
@@ -77,16 +78,7 @@ async def test_call_arrives_field_by_field(
     assert ended["recordingNumChannels"] == 2
 
     turns = [(t["role"], t["content"]) for t in ended["transcript"]]
-    assert turns == [
-        ("assistant", "Hello! Thanks for calling Copperline Care. How can I help?"),
-        ("user", "I'd like to check on my order"),
-        ("assistant", "Sure, let me look that up for you."),
-        ("user", "Is it arriving today"),
-        # Interrupted after six words played: the rest was never heard.
-        ("assistant", "Your order shipped yesterday and will"),
-        ("user", "Great thanks"),
-        ("assistant", "You're welcome. Goodbye!"),
-    ]
+    assert turns == EXPECTED_TURNS
     onsets = [_parse(t["timestamp"]) for t in ended["transcript"]]
     assert onsets == sorted(onsets)
     for turn in ended["transcript"]:

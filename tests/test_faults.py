@@ -28,43 +28,17 @@ from pipecat_roark_otel import RoarkObserver
 from pipecat_roark_otel.config import RoarkSettings
 from pipecat_roark_otel.devserver import LocalRoark
 from pipecat_roark_otel.exporter import RoarkSpanExporter, deadletters
-from pipecat_roark_otel.exporter._delivery import DeliveryOptions
 from pipecat_roark_otel.exporter._engine import Engine, engine_for
 from pipecat_roark_otel.exporter._outbox import call_key
 from pipecat_roark_otel.simulation import DEFAULT_SCRIPT, Script, run_simulated_call
 
 from .conftest import Otel
+from .support import EXPECTED_TURNS, FAST, wait_until
 
 pytestmark = pytest.mark.e2e
 
 KEY = "rk_test_faults"
 SCRIPT = dataclasses.replace(DEFAULT_SCRIPT, speed=8.0)
-FAST = DeliveryOptions(
-    backoff_base=0.02,
-    backoff_cap=0.2,
-    auth_backoff_base=0.3,
-    auth_backoff_cap=0.6,
-    rescan_interval=0.1,
-    breaker_cooldown=0.1,
-    request_timeout=2.0,
-)
-EXPECTED_TURNS = [
-    ("assistant", "Hello! Thanks for calling Copperline Care. How can I help?"),
-    ("user", "I'd like to check on my order"),
-    ("assistant", "Sure, let me look that up for you."),
-    ("user", "Is it arriving today"),
-    ("assistant", "Your order shipped yesterday and will"),
-    ("user", "Great thanks"),
-    ("assistant", "You're welcome. Goodbye!"),
-]
-
-
-def wait_until(cond: Callable[[], bool], timeout: float = 15.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not met within {timeout}s")
-        time.sleep(0.02)
 
 
 @dataclass

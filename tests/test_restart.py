@@ -24,7 +24,8 @@ from pipecat_roark_otel.exporter._delivery import DeliveryOptions
 from pipecat_roark_otel.exporter._engine import Engine
 from pipecat_roark_otel.exporter._outbox import Outbox, call_key
 
-from .test_faults import EXPECTED_TURNS, FAST, delivered_counts, duplicates, wait_until
+from .support import EXPECTED_TURNS, FAST, wait_until
+from .test_faults import delivered_counts, duplicates
 
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(os.name != "posix", reason="needs SIGKILL")]
 

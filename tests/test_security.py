@@ -33,7 +33,8 @@ from pipecat_roark_otel.simulation import run_simulated_call
 
 from .conftest import Otel
 from .otlp_receiver import OtlpReceiver
-from .test_faults import EXPECTED_TURNS, SCRIPT, Rig, assert_complete, make_rig, wait_until
+from .support import EXPECTED_TURNS, wait_until
+from .test_faults import SCRIPT, Rig, assert_complete, make_rig
 
 pytestmark = pytest.mark.e2e
 

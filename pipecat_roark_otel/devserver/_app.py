@@ -415,7 +415,8 @@ def _read(store: Store, path: str, query: str) -> web.Response:
         call = store.call(unquote(path.removeprefix("/calls/")))
         if call is None:
             return _html(404, "<h1>No such call</h1>")
-        return _html(200, _pages.render_call(call))
+        peaks = store.peaks(call["pipecatCallId"]) if call["wav_path"] else None
+        return _html(200, _pages.render_call(call, peaks))
     return _json(404, {"error": f"no route for {path}"})
 
 

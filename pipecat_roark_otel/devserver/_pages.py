@@ -7,6 +7,9 @@ from html import escape
 from typing import Any
 from urllib.parse import quote
 
+from ._waveform import CSS as _WAVE_CSS
+from ._waveform import SEEK_SCRIPT, render_waveform, seek_target
+
 _CSS = """
 body{font:15px/1.45 system-ui,-apple-system,Segoe UI,sans-serif;margin:2rem auto;max-width:1100px;
 color:#1d2430;padding:0 1rem}
@@ -35,7 +38,8 @@ def _e(value: object) -> str:
 def _page(title: str, body: str) -> str:
     return (
         f'<!doctype html><html lang="en"><head><meta charset="utf-8">'
-        f"<title>{_e(title)}</title><style>{_CSS}</style></head><body>{body}</body></html>"
+        f"<title>{_e(title)}</title><style>{_CSS}{_WAVE_CSS}</style></head>"
+        f"<body>{body}</body></html>"
     )
 
 
@@ -113,16 +117,26 @@ def _when(ts: object, t0: datetime | None) -> str:
     )
 
 
-def _bar(start: object, end: object, t0: datetime | None, span_s: float, cls: str) -> str:
+def _play(turn: dict[str, Any]) -> str:
+    """A link that plays the recording from this turn's onset."""
+    target = seek_target(turn.get("audioOffsetMs"))
+    if target is None:
+        return ""
+    return f'<a class=play href="#t={target}" data-t="{target}" title="play from here">▶</a>'
+
+
+def _bar(
+    start: object, end: object, t0: datetime | None, span_s: float, cls: str, extra: str = ""
+) -> str:
     """Where the row sits in the call, as a bar on a track (plain CSS percentages)."""
     a, b = _parse(start), _parse(end) or _parse(start)
     if t0 is None or a is None or b is None or span_s <= 0:
-        return "<td></td>"
+        return f"<td>{extra}</td>"
     left = min(max((a - t0).total_seconds() / span_s, 0.0), 1.0) * 100
     width = max(min((b - a).total_seconds() / span_s * 100, 100 - left), 0.4)
     return (
         f'<td class=lane><div class=track><div class="bar {cls}" '
-        f'style="left:{left:.2f}%;width:{width:.2f}%"></div></div></td>'
+        f'style="left:{left:.2f}%;width:{width:.2f}%"></div></div>{extra}</td>'
     )
 
 
@@ -152,7 +166,8 @@ def _timeline(
                 f'<td class="who {role}">{role}</td><td class=text>{_e(t.get("content"))}</td>'
                 f"<td class=mono>{_duration(t.get('timestamp'), t.get('endTimestamp'))}</td>"
                 f"<td class=mono>{_offsets(t)}</td><td class=mono>{lat}</td>"
-                f"{_bar(t.get('timestamp'), t.get('endTimestamp'), t0, span_s, role)}</tr>",
+                f"{_bar(t.get('timestamp'), t.get('endTimestamp'), t0, span_s, role, _play(t))}"
+                "</tr>",
             )
         )
     for j, r in enumerate(tools):
@@ -217,7 +232,8 @@ def _tools(records: list[dict[str, Any]]) -> str:
     return f"<table>{head}{''.join(rows)}</table>"
 
 
-def render_call(call: dict[str, Any]) -> str:
+def render_call(call: dict[str, Any], peaks: dict[str, Any] | None = None) -> str:
+    """The call page; ``peaks`` (``Store.peaks``) adds the waveform with turns laid on it."""
     call_id = call["pipecatCallId"]
     started, ended = call["started"] or {}, call["ended"] or {}
     facts = [
@@ -244,16 +260,18 @@ def render_call(call: dict[str, Any]) -> str:
     if call["traceId"]:
         url = f"{call['jaegerUrl'].rstrip('/')}/trace/{quote(call['traceId'], safe='')}"
         parts.append(f'<p><a href="{_e(url)}">View trace in Jaeger</a></p>')
+    t0 = _parse(ended.get("callStartedAt") or started.get("eventTimestamp"))
+    turns, tools = ended.get("transcript") or [], ended.get("toolCalls") or []
     if call["wav_path"]:
         src = "/api/calls/" + quote(call_id, safe="") + "/recording.wav"
+        wave = render_waveform(peaks, turns, tools, _latencies(turns)) if peaks else ""
         parts.append(
-            f'<h2>Recording</h2><audio controls preload="none" src="{_e(src)}"></audio>'
-            f'<p><a href="{_e(src)}" download>Download WAV</a></p>'
+            f'<h2>Recording</h2>{wave}<audio id="player" controls preload="none" '
+            f'src="{_e(src)}"></audio><p><a href="{_e(src)}" download>Download WAV</a></p>'
+            f"<script>{SEEK_SCRIPT}</script>"
         )
     if started.get("agentPrompt"):
         parts.append(f"<h2>Agent prompt</h2><pre>{_e(started['agentPrompt'])}</pre>")
-    t0 = _parse(ended.get("callStartedAt") or started.get("eventTimestamp"))
-    turns, tools = ended.get("transcript") or [], ended.get("toolCalls") or []
     parts.append("<h2>Transcript</h2>" + _timeline(turns, tools, t0, ended.get("callEndedAt")))
     parts.append("<h2>Tool calls</h2>" + _tools(tools))
     return _page(f"Call {call_id}", "".join(parts))

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import array
 import contextlib
 import hashlib
 import json
 import os
 import secrets
 import sqlite3
+import sys
 import tempfile
 import threading
 import wave
@@ -376,6 +378,30 @@ class Store:
             row = db.execute("SELECT wav_name FROM calls WHERE call_id = ?", (call_id,)).fetchone()
         name: str | None = row[0] if row is not None else None
         return None if name is None else (self._recordings / name).read_bytes()
+
+    def peaks(self, call_id: str, columns: int = 600) -> dict[str, Any] | None:
+        """The recording's loudness in ``columns`` steps per channel (0..1), or None.
+
+        Reads at most 512 frames per column, so a long call costs what a short one does.
+        """
+        with self._connect() as db:
+            row = db.execute("SELECT wav_name FROM calls WHERE call_id = ?", (call_id,)).fetchone()
+        if row is None or row[0] is None:
+            return None
+        with wave.open(str(self._recordings / row[0]), "rb") as wav:
+            channels, rate, frames = wav.getnchannels(), wav.getframerate(), wav.getnframes()
+            if frames == 0 or wav.getsampwidth() != 2:
+                return None
+            out: list[list[float]] = [[] for _ in range(channels)]
+            for col in range(columns):
+                wav.setpos(col * frames // columns)
+                samples = array.array("h", wav.readframes(min(512, max(1, frames // columns))))
+                if sys.byteorder == "big":
+                    samples.byteswap()
+                for ch in range(channels):
+                    track = samples[ch::channels]
+                    out[ch].append(max(map(abs, track), default=0) / 32768)
+        return {"durationMs": frames * 1000 // rate, "channels": out}
 
     def requests(self, call_id: str | None = None) -> list[dict[str, Any]]:
         """The request log in arrival order."""
