@@ -19,10 +19,16 @@ import pytest
 import pipecat_roark_otel.devserver as devserver
 from pipecat_roark_otel.devserver import Faults, LocalRoark
 
-from .support import PRESIGN, WEBHOOK, auth_headers
-
-PCM = {"content-type": "audio/pcm"}
-T0 = "2025-01-01T10:00:00.000Z"
+from .support import (
+    PCM,
+    PRESIGN,
+    T0,
+    WEBHOOK,
+    auth_headers,
+    ended_body,
+    presign,
+    started_body,
+)
 
 
 class FakeClock:
@@ -33,38 +39,8 @@ class FakeClock:
         return self.now
 
 
-def _started(call_id: str, **extra: Any) -> dict[str, Any]:
-    return {
-        "event": "call-started",
-        "pipecatCallId": call_id,
-        "eventTimestamp": T0,
-        "agentId": "agent-1",
-        **extra,
-    }
-
-
-def _ended(call_id: str, **extra: Any) -> dict[str, Any]:
-    return {
-        "event": "call-ended",
-        "pipecatCallId": call_id,
-        "eventTimestamp": "2025-01-01T10:01:00Z",
-        "callStartedAt": T0,
-        "callEndedAt": "2025-01-01T10:01:00Z",
-        "callEndedReason": "agent-ended",
-        **extra,
-    }
-
-
-def _presign(api: httpx.Client, call_id: str, index: int) -> str:
-    body = {"pipecatCallId": call_id, "chunkIndex": index, "contentType": "audio/pcm"}
-    resp = api.post(PRESIGN, json=body)
-    assert resp.status_code == 200, resp.text
-    url: str = resp.json()["data"]["uploadUrl"]
-    return url
-
-
 def _upload(api: httpx.Client, s3: httpx.Client, call_id: str, index: int, data: bytes) -> None:
-    resp = s3.put(_presign(api, call_id, index), content=data, headers=PCM)
+    resp = s3.put(presign(api, call_id, index), content=data, headers=PCM)
     assert resp.status_code == 200, resp.text
 
 
@@ -108,7 +84,7 @@ def test_webhook_and_presign_need_both_auth_headers(
     roark: LocalRoark, headers: dict[str, str]
 ) -> None:
     with httpx.Client(base_url=roark.base_url, headers=headers) as client:
-        hook = client.post(WEBHOOK, json=_started("c1"))
+        hook = client.post(WEBHOOK, json=started_body("c1"))
         presign = client.post(
             PRESIGN, json={"pipecatCallId": "c1", "chunkIndex": 0, "contentType": "audio/pcm"}
         )
@@ -121,11 +97,11 @@ def test_webhook_and_presign_need_both_auth_headers(
 
 
 def test_rotated_key_is_rejected_and_new_key_accepted(roark: LocalRoark, api: httpx.Client) -> None:
-    assert api.post(WEBHOOK, json=_started("c1")).status_code == 200
+    assert api.post(WEBHOOK, json=started_body("c1")).status_code == 200
     roark.set_api_keys(["rk_test_new"])
-    assert api.post(WEBHOOK, json=_ended("c1")).status_code == 401
+    assert api.post(WEBHOOK, json=ended_body("c1")).status_code == 401
     assert roark.api_key == "rk_test_new"
-    resp = api.post(WEBHOOK, json=_ended("c1"), headers=auth_headers("rk_test_new"))
+    resp = api.post(WEBHOOK, json=ended_body("c1"), headers=auth_headers("rk_test_new"))
     assert resp.status_code == 200
     with pytest.raises(ValueError):
         roark.set_api_keys([])
@@ -154,22 +130,25 @@ def test_malformed_bodies_are_400_and_store_nothing(
 @pytest.mark.parametrize(
     ("body", "field"),
     [
-        (_started("c1", agentId=42), "agentId"),
-        ({k: v for k, v in _started("c1").items() if k != "agentId"}, "agentId"),
-        (_started("c1", extraField=1), "extraField"),
-        (_started("c1", eventTimestamp="yesterday"), "eventTimestamp"),
-        (_started("c1", eventTimestamp="2025-01-01T10:00:00"), "eventTimestamp"),
-        (_started("c1", eventTimestamp="2025-01-01T12:00:00+02:00"), "eventTimestamp"),
-        (_ended("c1", callEndedReason=None), "callEndedReason"),
-        ({k: v for k, v in _ended("c1").items() if k != "callEndedAt"}, "callEndedAt"),
-        (_ended("c1", recordingSampleRate=16000), "recordingNumChannels"),
-        (_ended("c1", recordingSampleRate="16000", recordingNumChannels=1), "recordingSampleRate"),
+        (started_body("c1", agentId=42), "agentId"),
+        ({k: v for k, v in started_body("c1").items() if k != "agentId"}, "agentId"),
+        (started_body("c1", extraField=1), "extraField"),
+        (started_body("c1", eventTimestamp="yesterday"), "eventTimestamp"),
+        (started_body("c1", eventTimestamp="2025-01-01T10:00:00"), "eventTimestamp"),
+        (started_body("c1", eventTimestamp="2025-01-01T12:00:00+02:00"), "eventTimestamp"),
+        (ended_body("c1", callEndedReason=None), "callEndedReason"),
+        ({k: v for k, v in ended_body("c1").items() if k != "callEndedAt"}, "callEndedAt"),
+        (ended_body("c1", recordingSampleRate=16000), "recordingNumChannels"),
         (
-            _ended("c1", transcript=[{"role": "bot", "content": "x", "timestamp": T0}]),
+            ended_body("c1", recordingSampleRate="16000", recordingNumChannels=1),
+            "recordingSampleRate",
+        ),
+        (
+            ended_body("c1", transcript=[{"role": "bot", "content": "x", "timestamp": T0}]),
             "transcript.0",
         ),
-        ({**_started("c1"), "event": "call-paused"}, "event"),
-        ({k: v for k, v in _started("c1").items() if k != "event"}, "event"),
+        ({**started_body("c1"), "event": "call-paused"}, "event"),
+        ({k: v for k, v in started_body("c1").items() if k != "event"}, "event"),
     ],
     ids=[
         "wrong-type",
@@ -221,12 +200,12 @@ def test_oversized_body_is_413_and_stores_nothing(tmp_path: Path) -> None:
         LocalRoark(tmp_path, max_body_bytes=1024) as roark,
         httpx.Client(base_url=roark.base_url, headers=auth_headers(roark.api_key)) as api,
     ):
-        body = _started("c1", agentPrompt="x" * 2048)
+        body = started_body("c1", agentPrompt="x" * 2048)
         resp = api.post(WEBHOOK, json=body)
         assert resp.status_code == 413
         assert roark.calls() == []
         # The connection stays usable: the refused body was drained, not left on the wire.
-        assert api.post(WEBHOOK, json=_started("c1")).status_code == 200
+        assert api.post(WEBHOOK, json=started_body("c1")).status_code == 200
 
 
 # -- presigned uploads --------------------------------------------------------------------
@@ -235,7 +214,7 @@ def test_oversized_body_is_413_and_stores_nothing(tmp_path: Path) -> None:
 def test_presign_reply_and_put_happy_path(
     roark: LocalRoark, api: httpx.Client, s3: httpx.Client
 ) -> None:
-    api.post(WEBHOOK, json=_started("c1"))
+    api.post(WEBHOOK, json=started_body("c1"))
     resp = api.post(
         PRESIGN, json={"pipecatCallId": "c1", "chunkIndex": 3, "contentType": "audio/pcm"}
     )
@@ -262,7 +241,7 @@ def test_presign_reply_and_put_happy_path(
 def test_put_with_an_api_key_header_is_400_and_does_not_burn_the_url(
     roark: LocalRoark, api: httpx.Client, s3: httpx.Client, headers: dict[str, str]
 ) -> None:
-    url = _presign(api, "c1", 0)
+    url = presign(api, "c1", 0)
     resp = s3.put(url, content=b"ab", headers={**PCM, **headers})
     assert resp.status_code == 400
     assert "InvalidArgument" in resp.text
@@ -273,14 +252,14 @@ def test_put_with_an_api_key_header_is_400_and_does_not_burn_the_url(
 def test_put_needs_audio_pcm_content_type(
     roark: LocalRoark, api: httpx.Client, s3: httpx.Client
 ) -> None:
-    url = _presign(api, "c1", 0)
+    url = presign(api, "c1", 0)
     resp = s3.put(url, content=b"ab", headers={"content-type": "application/octet-stream"})
     assert resp.status_code == 403
     assert roark.call("c1") is None
 
 
 def test_url_is_one_shot(roark: LocalRoark, api: httpx.Client, s3: httpx.Client) -> None:
-    url = _presign(api, "c1", 0)
+    url = presign(api, "c1", 0)
     assert s3.put(url, content=b"ab", headers=PCM).status_code == 200
     again = s3.put(url, content=b"cd", headers=PCM)
     assert again.status_code == 403
@@ -297,13 +276,13 @@ def test_expired_url_is_rejected(tmp_path: Path) -> None:
         httpx.Client(base_url=roark.base_url, headers=auth_headers(roark.api_key)) as api,
         httpx.Client() as s3,
     ):
-        url = _presign(api, "c1", 0)
+        url = presign(api, "c1", 0)
         clock.now += 5.0
         resp = s3.put(url, content=b"ab", headers=PCM)
         assert resp.status_code == 403
         assert "Request has expired" in resp.text
         assert roark.call("c1") is None
-        fresh = _presign(api, "c1", 0)
+        fresh = presign(api, "c1", 0)
         clock.now += 4.9
         assert s3.put(fresh, content=b"ab", headers=PCM).status_code == 200
 
@@ -321,7 +300,7 @@ def test_expired_url_is_rejected(tmp_path: Path) -> None:
 def test_tampered_url_is_rejected(
     roark: LocalRoark, api: httpx.Client, s3: httpx.Client, tamper: dict[str, str]
 ) -> None:
-    url = _with_query(_presign(api, "c1", 0), **tamper)
+    url = _with_query(presign(api, "c1", 0), **tamper)
     resp = s3.put(url, content=b"ab", headers=PCM)
     assert resp.status_code == 403
     assert "SignatureDoesNotMatch" in resp.text
@@ -334,7 +313,7 @@ def test_oversized_chunk_is_413(tmp_path: Path) -> None:
         httpx.Client(base_url=roark.base_url, headers=auth_headers(roark.api_key)) as api,
         httpx.Client() as s3,
     ):
-        url = _presign(api, "c1", 0)
+        url = presign(api, "c1", 0)
         assert s3.put(url, content=b"x" * 101, headers=PCM).status_code == 413
         assert roark.call("c1") is None
         assert s3.put(url, content=b"x" * 100, headers=PCM).status_code == 200
@@ -347,7 +326,7 @@ def test_same_chunk_twice_identical_is_counted_and_differing_replaces(
     _upload(api, s3, "c1", 0, b"\x01\x00\x02\x00")
     _upload(api, s3, "c1", 1, b"\x03\x00")
     _upload(api, s3, "c1", 1, b"\x04\x00\x05\x00")
-    api.post(WEBHOOK, json=_ended("c1", recordingSampleRate=8000, recordingNumChannels=1))
+    api.post(WEBHOOK, json=ended_body("c1", recordingSampleRate=8000, recordingNumChannels=1))
     call = roark.call("c1")
     assert call is not None
     assert call["duplicates"]["chunks"] == {0: 1}
@@ -361,15 +340,20 @@ def test_same_chunk_twice_identical_is_counted_and_differing_replaces(
 
 
 def test_duplicate_webhooks_are_idempotent(roark: LocalRoark, api: httpx.Client) -> None:
-    for body in (_started("c1"), _started("c1", agentName="changed"), _ended("c1"), _ended("c1")):
+    for body in (
+        started_body("c1"),
+        started_body("c1", agentName="changed"),
+        ended_body("c1"),
+        ended_body("c1"),
+    ):
         resp = api.post(WEBHOOK, json=body)
         assert resp.status_code == 200
     call = roark.call("c1")
     assert call is not None
     assert call["duplicates"]["call-started"] == 1
     assert call["duplicates"]["call-ended"] == 1
-    assert call["started"] == _started("c1")
-    assert call["ended"] == _ended("c1")
+    assert call["started"] == started_body("c1")
+    assert call["ended"] == ended_body("c1")
     assert call["status"] == "ended"
     assert [r["event"] for r in roark.requests("c1")] == ["call-started"] * 2 + ["call-ended"] * 2
     assert len(roark.calls()) == 1
@@ -381,11 +365,11 @@ def test_wav_is_the_chunks_in_index_order_byte_exact(
     call_id = "room/42 <é>?#"
     rng = random.Random(7)
     chunks = [rng.randbytes(4 * 1000 + 4 * i) for i in range(3)]
-    api.post(WEBHOOK, json=_started(call_id))
+    api.post(WEBHOOK, json=started_body(call_id))
     for index in (2, 0, 1):
         _upload(api, s3, call_id, index, chunks[index])
     resp = api.post(
-        WEBHOOK, json=_ended(call_id, recordingSampleRate=24000, recordingNumChannels=2)
+        WEBHOOK, json=ended_body(call_id, recordingSampleRate=24000, recordingNumChannels=2)
     )
     assert resp.status_code == 200
     call = roark.wait_for_call_ended(call_id, timeout=1.0)
@@ -407,10 +391,10 @@ def test_wav_is_the_chunks_in_index_order_byte_exact(
 def test_gaps_are_flagged_and_a_late_chunk_reassembles(
     roark: LocalRoark, api: httpx.Client, s3: httpx.Client
 ) -> None:
-    api.post(WEBHOOK, json=_started("c1"))
+    api.post(WEBHOOK, json=started_body("c1"))
     _upload(api, s3, "c1", 0, b"\x00\x01")
     _upload(api, s3, "c1", 2, b"\x00\x03")
-    api.post(WEBHOOK, json=_ended("c1", recordingSampleRate=16000, recordingNumChannels=1))
+    api.post(WEBHOOK, json=ended_body("c1", recordingSampleRate=16000, recordingNumChannels=1))
     call = roark.call("c1")
     assert call is not None
     assert call["missing_chunks"] == [1]
@@ -429,7 +413,7 @@ def test_no_recording_fields_means_no_wav(
     roark: LocalRoark, api: httpx.Client, s3: httpx.Client
 ) -> None:
     _upload(api, s3, "c1", 0, b"\x00\x01")
-    api.post(WEBHOOK, json=_ended("c1"))
+    api.post(WEBHOOK, json=ended_body("c1"))
     call = roark.call("c1")
     assert call is not None
     assert call["wav_path"] is None
@@ -440,8 +424,8 @@ def test_no_recording_fields_means_no_wav(
 def test_call_ended_before_started_is_kept_and_flagged(
     roark: LocalRoark, api: httpx.Client
 ) -> None:
-    assert api.post(WEBHOOK, json=_ended("c1")).status_code == 200
-    assert api.post(WEBHOOK, json=_started("c1")).status_code == 200
+    assert api.post(WEBHOOK, json=ended_body("c1")).status_code == 200
+    assert api.post(WEBHOOK, json=started_body("c1")).status_code == 200
     call = roark.call("c1")
     assert call is not None
     assert call["out_of_order"] is True
@@ -456,9 +440,9 @@ def test_state_persists_across_restart(tmp_path: Path) -> None:
         httpx.Client(base_url=first.base_url, headers=auth_headers(first.api_key)) as api,
         httpx.Client() as s3,
     ):
-        api.post(WEBHOOK, json=_started("c1"))
+        api.post(WEBHOOK, json=started_body("c1"))
         _upload(api, s3, "c1", 0, pcm)
-        api.post(WEBHOOK, json=_ended("c1", recordingSampleRate=8000, recordingNumChannels=1))
+        api.post(WEBHOOK, json=ended_body("c1", recordingSampleRate=8000, recordingNumChannels=1))
         before = first.call("c1")
     with (
         LocalRoark(tmp_path) as second,
@@ -469,14 +453,14 @@ def test_state_persists_across_restart(tmp_path: Path) -> None:
         assert wav is not None
         assert _wav_frames(wav)[0] == pcm
         assert len(second.requests("c1")) == 4
-        assert api.post(WEBHOOK, json=_ended("c1")).status_code == 200
+        assert api.post(WEBHOOK, json=ended_body("c1")).status_code == 200
         call = second.call("c1")
         assert call is not None
         assert call["duplicates"]["call-ended"] == 1
 
 
 def test_wait_for_call_ended_times_out_helpfully(roark: LocalRoark, api: httpx.Client) -> None:
-    api.post(WEBHOOK, json=_started("c1"))
+    api.post(WEBHOOK, json=started_body("c1"))
     with pytest.raises(TimeoutError, match=r"'c1'.*status=started.*call-started->200"):
         roark.wait_for_call_ended("c1", timeout=0.05)
     with pytest.raises(TimeoutError, match="nothing received"):
@@ -488,9 +472,9 @@ def test_wait_for_call_ended_times_out_helpfully(roark: LocalRoark, api: httpx.C
 
 def test_fail_next_with_retry_after(roark: LocalRoark, api: httpx.Client) -> None:
     roark.faults.fail_next(2, 429, retry_after=3)
-    first = api.post(WEBHOOK, json=_started("c1"))
-    second = api.post(WEBHOOK, json=_started("c1"))
-    third = api.post(WEBHOOK, json=_started("c1"))
+    first = api.post(WEBHOOK, json=started_body("c1"))
+    second = api.post(WEBHOOK, json=started_body("c1"))
+    third = api.post(WEBHOOK, json=started_body("c1"))
     assert [first.status_code, second.status_code, third.status_code] == [429, 429, 200]
     assert first.headers["retry-after"] == "3"
     assert [r["fault"] for r in roark.requests("c1")] == ["status", "status", None]
@@ -501,7 +485,7 @@ def test_fail_next_with_retry_after(roark: LocalRoark, api: httpx.Client) -> Non
 
 def test_retry_after_as_http_date(roark: LocalRoark, api: httpx.Client) -> None:
     roark.faults.fail_next(1, 503, retry_after=30, retry_after_as_date=True)
-    resp = api.post(WEBHOOK, json=_started("c1"))
+    resp = api.post(WEBHOOK, json=started_body("c1"))
     assert resp.status_code == 503
     assert resp.headers["retry-after"].endswith(" GMT")
 
@@ -510,8 +494,8 @@ def test_fail_next_for_one_endpoint_only(
     roark: LocalRoark, api: httpx.Client, s3: httpx.Client
 ) -> None:
     roark.faults.fail_next(1, 502, endpoint="upload")
-    assert api.post(WEBHOOK, json=_started("c1")).status_code == 200
-    url = _presign(api, "c1", 0)
+    assert api.post(WEBHOOK, json=started_body("c1")).status_code == 200
+    url = presign(api, "c1", 0)
     assert s3.put(url, content=b"ab", headers=PCM).status_code == 502
     # The fault fired before the URL was checked, so the URL is still unused.
     assert s3.put(url, content=b"ab", headers=PCM).status_code == 200
@@ -520,13 +504,13 @@ def test_fail_next_for_one_endpoint_only(
 @pytest.mark.parametrize("status", [500, 503, 401, 400])
 def test_fail_next_statuses(roark: LocalRoark, api: httpx.Client, status: int) -> None:
     roark.faults.fail_next(1, status, endpoint="webhook")
-    assert api.post(WEBHOOK, json=_started("c1")).status_code == status
+    assert api.post(WEBHOOK, json=started_body("c1")).status_code == status
     assert roark.call("c1") is None
 
 
 def test_fail_fraction_is_seeded(roark: LocalRoark, api: httpx.Client) -> None:
     roark.faults.fail_fraction(0.5, 503, seed=11)
-    statuses = [api.post(WEBHOOK, json=_started("c1")).status_code for _ in range(20)]
+    statuses = [api.post(WEBHOOK, json=started_body("c1")).status_code for _ in range(20)]
     rng = random.Random(11)
     expected = [503 if rng.random() < 0.5 else 200 for _ in range(20)]
     assert statuses == expected
@@ -536,8 +520,8 @@ def test_fail_fraction_is_seeded(roark: LocalRoark, api: httpx.Client) -> None:
 def test_drop_next_closes_without_response(roark: LocalRoark, api: httpx.Client) -> None:
     roark.faults.drop_next(1, endpoint="webhook")
     with pytest.raises(httpx.RemoteProtocolError):
-        api.post(WEBHOOK, json=_started("c1"))
-    assert api.post(WEBHOOK, json=_started("c1")).status_code == 200
+        api.post(WEBHOOK, json=started_body("c1"))
+    assert api.post(WEBHOOK, json=started_body("c1")).status_code == 200
     statuses = [(r["status"], r["fault"]) for r in roark.requests("c1")]
     assert statuses == [(None, "drop"), (200, None)]
 
@@ -547,13 +531,13 @@ def test_drop_fraction(roark: LocalRoark, api: httpx.Client) -> None:
     body = {"pipecatCallId": "c1", "chunkIndex": 0, "contentType": "audio/pcm"}
     with pytest.raises(httpx.RemoteProtocolError):
         api.post(PRESIGN, json=body)
-    assert api.post(WEBHOOK, json=_started("c1")).status_code == 200
+    assert api.post(WEBHOOK, json=started_body("c1")).status_code == 200
 
 
 def test_latency(roark: LocalRoark, api: httpx.Client) -> None:
     roark.faults.set_latency(0.25, endpoint="webhook")
     start = time.monotonic()
-    assert api.post(WEBHOOK, json=_started("c1")).status_code == 200
+    assert api.post(WEBHOOK, json=started_body("c1")).status_code == 200
     assert time.monotonic() - start >= 0.25
     start = time.monotonic()
     api.post(PRESIGN, json={"pipecatCallId": "c1", "chunkIndex": 0, "contentType": "audio/pcm"})
@@ -585,10 +569,10 @@ def test_down_drops_everything_until_cleared(roark: LocalRoark, api: httpx.Clien
     roark.faults.set_down()
     for path in (WEBHOOK, "/api/calls"):
         with pytest.raises(httpx.RemoteProtocolError):
-            api.post(path, json=_started("c1")) if path == WEBHOOK else api.get(path)
+            api.post(path, json=started_body("c1")) if path == WEBHOOK else api.get(path)
     assert api.get("/_dev/faults").json()["data"]["down"] is True
     roark.faults.clear()
-    assert api.post(WEBHOOK, json=_started("c1")).status_code == 200
+    assert api.post(WEBHOOK, json=started_body("c1")).status_code == 200
 
 
 def test_faults_over_http(roark: LocalRoark, api: httpx.Client) -> None:
@@ -597,13 +581,13 @@ def test_faults_over_http(roark: LocalRoark, api: httpx.Client) -> None:
         resp = dev.post("/_dev/faults", json=spec)
         assert resp.status_code == 200
         assert resp.json()["data"]["rules"][0]["status"] == 429
-        failed = api.post(WEBHOOK, json=_started("c1"))
+        failed = api.post(WEBHOOK, json=started_body("c1"))
         assert (failed.status_code, failed.headers["retry-after"]) == (429, "1")
         dev.post("/_dev/faults", json={"down": True})
         with pytest.raises(httpx.RemoteProtocolError):
-            api.post(WEBHOOK, json=_started("c1"))
+            api.post(WEBHOOK, json=started_body("c1"))
         assert dev.delete("/_dev/faults").status_code == 200
-        assert api.post(WEBHOOK, json=_started("c1")).status_code == 200
+        assert api.post(WEBHOOK, json=started_body("c1")).status_code == 200
         bad = dev.post("/_dev/faults", json={"fail_next": {"status": "soon"}, "nope": 1})
         assert bad.status_code == 422
         assert roark.faults.snapshot()["rules"] == []
@@ -624,14 +608,14 @@ def test_faults_reject_bad_settings() -> None:
 
 def test_read_back_api(roark: LocalRoark, api: httpx.Client) -> None:
     call_id = "a/b c"
-    api.post(WEBHOOK, json=_started(call_id, agentName="Ava"))
+    api.post(WEBHOOK, json=started_body(call_id, agentName="Ava"))
     with httpx.Client(base_url=roark.base_url) as anon:
         listed = anon.get("/api/calls").json()["data"]
         assert [(c["pipecatCallId"], c["agentName"], c["status"]) for c in listed] == [
             (call_id, "Ava", "started")
         ]
         one = anon.get(f"/api/calls/{quote(call_id, safe='')}").json()["data"]
-        assert one["started"] == _started(call_id, agentName="Ava")
+        assert one["started"] == started_body(call_id, agentName="Ava")
         reqs = anon.get("/api/requests", params={"callId": call_id}).json()["data"]
         assert [(r["method"], r["status"], r["event"]) for r in reqs] == [
             ("POST", 200, "call-started")
@@ -643,7 +627,7 @@ def test_call_page_renders_escaped_transcript_tools_audio_and_trace(
     roark: LocalRoark, api: httpx.Client, s3: httpx.Client
 ) -> None:
     call_id = "call <1>"
-    api.post(WEBHOOK, json=_started(call_id))
+    api.post(WEBHOOK, json=started_body(call_id))
     _upload(api, s3, call_id, 0, b"\x00\x00" * 8)
     turns = [
         {
@@ -671,7 +655,7 @@ def test_call_page_renders_escaped_transcript_tools_audio_and_trace(
         },
         {"kind": "tool_result", "toolCallId": "t1", "content": "booked", "timestamp": T0},
     ]
-    body = _ended(
+    body = ended_body(
         call_id,
         recordingSampleRate=16000,
         recordingNumChannels=1,
@@ -735,6 +719,6 @@ def test_cli_prints_url_and_exits_on_sigterm(tmp_path: Path) -> None:
         line = proc.stdout.readline()
         url = line.split()[line.split().index("on") + 1]
         with httpx.Client(base_url=url, headers=auth_headers("rk_test_cli")) as api:
-            assert api.post(WEBHOOK, json=_started("c1")).status_code == 200
+            assert api.post(WEBHOOK, json=started_body("c1")).status_code == 200
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=10) == 0

@@ -13,9 +13,7 @@ import pipecat_roark_otel.devserver as devserver
 from pipecat_roark_otel.devserver import LocalRoark
 from pipecat_roark_otel.exporter import _payloads
 
-from .support import PRESIGN, WEBHOOK
-
-T0 = "2025-01-01T10:00:00.000Z"
+from .support import PRESIGN, T0, WEBHOOK, ended_body
 
 
 def test_the_devserver_never_imports_the_exporter() -> None:
@@ -64,18 +62,6 @@ def test_a_payload_our_drifted_models_accept_is_refused(
     assert roark.call("c1") is None
 
 
-def _ended(**extra: Any) -> dict[str, Any]:
-    return {
-        "event": "call-ended",
-        "pipecatCallId": "c1",
-        "eventTimestamp": T0,
-        "callStartedAt": T0,
-        "callEndedAt": T0,
-        "callEndedReason": "agent-ended",
-        **extra,
-    }
-
-
 _TURN = {"role": "user", "content": "hi", "timestamp": T0, "endTimestamp": T0}
 _CALL = {"kind": "tool_call", "toolCallId": "t1", "name": "f", "arguments": "{}", "timestamp": T0}
 
@@ -83,25 +69,43 @@ _CALL = {"kind": "tool_call", "toolCallId": "t1", "name": "f", "arguments": "{}"
 @pytest.mark.parametrize(
     ("body", "field"),
     [
-        (_ended(recordingSampleRate=2**40, recordingNumChannels=2), "recordingSampleRate"),
-        (_ended(recordingSampleRate=16000, recordingNumChannels=0), "recordingNumChannels"),
-        (_ended(recordingSampleRate=16000.0, recordingNumChannels=2), "recordingSampleRate"),
-        (_ended(agentSpokeFirst="yes"), "agentSpokeFirst"),
-        (_ended(transcript=[{**_TURN, "audioOffsetMs": -1}]), "transcript.0.audioOffsetMs"),
-        (_ended(transcript=[{**_TURN, "audioOffsetMs": 2**62}]), "transcript.0.audioOffsetMs"),
-        (_ended(transcript=[{**_TURN, "speaker": "x"}]), "transcript.0.speaker"),
         (
-            _ended(transcript=[{k: v for k, v in _TURN.items() if k != "endTimestamp"}]),
+            ended_body("c1", recordingSampleRate=2**40, recordingNumChannels=2),
+            "recordingSampleRate",
+        ),
+        (
+            ended_body("c1", recordingSampleRate=16000, recordingNumChannels=0),
+            "recordingNumChannels",
+        ),
+        (
+            ended_body("c1", recordingSampleRate=16000.0, recordingNumChannels=2),
+            "recordingSampleRate",
+        ),
+        (ended_body("c1", agentSpokeFirst="yes"), "agentSpokeFirst"),
+        (
+            ended_body("c1", transcript=[{**_TURN, "audioOffsetMs": -1}]),
+            "transcript.0.audioOffsetMs",
+        ),
+        (
+            ended_body("c1", transcript=[{**_TURN, "audioOffsetMs": 2**62}]),
+            "transcript.0.audioOffsetMs",
+        ),
+        (ended_body("c1", transcript=[{**_TURN, "speaker": "x"}]), "transcript.0.speaker"),
+        (
+            ended_body("c1", transcript=[{k: v for k, v in _TURN.items() if k != "endTimestamp"}]),
             "endTimestamp",
         ),
-        (_ended(toolCalls=[{**_CALL, "kind": "tool_use"}]), "toolCalls.0"),
-        (_ended(toolCalls=[{**_CALL, "arguments": ["x"]}]), "arguments"),
+        (ended_body("c1", toolCalls=[{**_CALL, "kind": "tool_use"}]), "toolCalls.0"),
+        (ended_body("c1", toolCalls=[{**_CALL, "arguments": ["x"]}]), "arguments"),
         (
-            _ended(toolCalls=[{**_CALL, "kind": "tool_result", "content": {"a": 1}}]),
+            ended_body("c1", toolCalls=[{**_CALL, "kind": "tool_result", "content": {"a": 1}}]),
             "toolCalls.0.tool_result",
         ),
-        (_ended(toolCalls=[{**_CALL, "toolCallId": 7}]), "toolCallId"),
-        (_ended(transcript=[{**_TURN, "timestamp": "2025-01-01 10:00"}]), "transcript.0.timestamp"),
+        (ended_body("c1", toolCalls=[{**_CALL, "toolCallId": 7}]), "toolCallId"),
+        (
+            ended_body("c1", transcript=[{**_TURN, "timestamp": "2025-01-01 10:00"}]),
+            "transcript.0.timestamp",
+        ),
     ],
     ids=[
         "rate-2**40",

@@ -25,35 +25,15 @@ from hypothesis import strategies as st
 
 from pipecat_roark_otel.devserver import LocalRoark
 
-from .support import PRESIGN, WEBHOOK, auth_headers
-
-PCM = {"content-type": "audio/pcm"}
-T0 = "2025-01-01T10:00:00.000Z"
-
-
-def _started(call_id: str) -> dict[str, Any]:
-    return {"event": "call-started", "pipecatCallId": call_id, "eventTimestamp": T0, "agentId": "a"}
-
-
-def _ended(call_id: str, **extra: Any) -> dict[str, Any]:
-    return {
-        "event": "call-ended",
-        "pipecatCallId": call_id,
-        "eventTimestamp": T0,
-        "callStartedAt": T0,
-        "callEndedAt": T0,
-        "callEndedReason": "agent-ended",
-        **extra,
-    }
-
-
-def _presign(api: httpx.Client, call_id: str, index: int) -> str:
-    body = {"pipecatCallId": call_id, "chunkIndex": index, "contentType": "audio/pcm"}
-    resp = api.post(PRESIGN, json=body)
-    assert resp.status_code == 200, resp.text
-    url: str = resp.json()["data"]["uploadUrl"]
-    return url
-
+from .support import (
+    PCM,
+    PRESIGN,
+    WEBHOOK,
+    auth_headers,
+    ended_body,
+    presign,
+    started_body,
+)
 
 # -- bodies that used to drop the connection ------------------------------------------------
 
@@ -75,15 +55,15 @@ def test_unparseable_json_is_400_not_a_dropped_connection(
     assert "malformed JSON" in resp.json()["error"]
     assert roark.calls() == []
     # The server is still there for the next request.
-    assert api.post(WEBHOOK, json=_started("after")).status_code == 200
+    assert api.post(WEBHOOK, json=started_body("after")).status_code == 200
 
 
 def test_a_sample_rate_of_2_to_the_40_is_422_and_builds_no_wav(
     roark: LocalRoark, api: httpx.Client
 ) -> None:
     with httpx.Client() as s3:
-        assert s3.put(_presign(api, "c1", 0), content=b"\0\0", headers=PCM).status_code == 200
-    body = _ended("c1", recordingSampleRate=2**40, recordingNumChannels=2)
+        assert s3.put(presign(api, "c1", 0), content=b"\0\0", headers=PCM).status_code == 200
+    body = ended_body("c1", recordingSampleRate=2**40, recordingNumChannels=2)
     resp = api.post(WEBHOOK, json=body)
     assert resp.status_code == 422
     assert "recordingSampleRate" in resp.json()["error"]
@@ -93,7 +73,7 @@ def test_a_sample_rate_of_2_to_the_40_is_422_and_builds_no_wav(
 
 def test_unauthenticated_bodies_are_never_parsed(roark: LocalRoark) -> None:
     with httpx.Client(base_url=roark.base_url, headers=auth_headers("rk_test_stranger")) as anon:
-        for content in (_DEEP, _HUGE_INT, json.dumps(_started("c1")).encode()):
+        for content in (_DEEP, _HUGE_INT, json.dumps(started_body("c1")).encode()):
             resp = anon.post(WEBHOOK, content=content)
             assert resp.status_code == 401
     assert [(r["status"], r["pipecatCallId"], r["event"]) for r in roark.requests()] == [
@@ -128,8 +108,8 @@ def test_a_stored_huge_chunk_index_does_not_make_pages_allocate(tmp_path: Path) 
         httpx.Client(base_url=roark.base_url, headers=auth_headers(roark.api_key)) as api,
         httpx.Client() as s3,
     ):
-        api.post(WEBHOOK, json=_started("c1"))
-        s3.put(_presign(api, "c1", 0), content=b"\0\0", headers=PCM)
+        api.post(WEBHOOK, json=started_body("c1"))
+        s3.put(presign(api, "c1", 0), content=b"\0\0", headers=PCM)
     with sqlite3.connect(data / "roark.sqlite3") as db:
         db.execute(
             "INSERT INTO chunks(call_id, idx, nbytes, sha256, received) VALUES (?, ?, 2, '', 0)",
@@ -173,12 +153,12 @@ def test_two_concurrent_puts_to_one_url_store_exactly_the_accepted_body(
     size = 256 * 1024
     for attempt in range(20):
         call_id = f"race-{attempt}"
-        url = _presign(api, call_id, 0)
+        url = presign(api, call_id, 0)
         bodies = [bytes([1 + attempt % 100]) * size, bytes([200]) * size]
         results = _race(url, bodies)
         assert sorted(results.values()) == [200, 403], results
         accepted = bodies[next(i for i, s in results.items() if s == 200)]
-        body = _ended(call_id, recordingSampleRate=16000, recordingNumChannels=1)
+        body = ended_body(call_id, recordingSampleRate=16000, recordingNumChannels=1)
         assert api.post(WEBHOOK, json=body).status_code == 200
         wav = roark.wav_bytes(call_id)
         assert wav is not None
@@ -198,10 +178,12 @@ def test_data_dir_is_0700_and_files_0600_whatever_the_umask(tmp_path: Path) -> N
             LocalRoark(tmp_path / "roark") as roark,
             httpx.Client(base_url=roark.base_url, headers=auth_headers(roark.api_key)) as api,
         ):
-            api.post(WEBHOOK, json=_started("c1"))
+            api.post(WEBHOOK, json=started_body("c1"))
             with httpx.Client() as s3:
-                s3.put(_presign(api, "c1", 0), content=b"\0\0", headers=PCM)
-            api.post(WEBHOOK, json=_ended("c1", recordingSampleRate=8000, recordingNumChannels=1))
+                s3.put(presign(api, "c1", 0), content=b"\0\0", headers=PCM)
+            api.post(
+                WEBHOOK, json=ended_body("c1", recordingSampleRate=8000, recordingNumChannels=1)
+            )
             assert roark.wav_bytes("c1") is not None
             modes = {
                 p: (p.is_dir(), stat.S_IMODE(p.stat().st_mode))
@@ -234,9 +216,11 @@ def test_cli_takes_its_key_from_the_environment(tmp_path: Path) -> None:
         line = proc.stdout.readline()
         url = line.split()[line.split().index("on") + 1]
         with httpx.Client(base_url=url) as client:
-            ok = client.post(WEBHOOK, json=_started("c1"), headers=auth_headers("rk_test_from_env"))
+            ok = client.post(
+                WEBHOOK, json=started_body("c1"), headers=auth_headers("rk_test_from_env")
+            )
             default = client.post(
-                WEBHOOK, json=_started("c2"), headers=auth_headers("rk_test_local")
+                WEBHOOK, json=started_body("c2"), headers=auth_headers("rk_test_local")
             )
         assert (ok.status_code, default.status_code) == (200, 401)
         assert "rk_test_from_env" not in Path(f"/proc/{proc.pid}/cmdline").read_text()
@@ -274,8 +258,8 @@ _call_id = st.text(min_size=1, max_size=20)
 _PRESIGN_BODY = {"pipecatCallId": "p", "chunkIndex": 0, "contentType": "audio/pcm"}
 _changes = st.dictionaries(_fields, _json, max_size=2)
 _near_valid = st.one_of(
-    st.builds(lambda d, c: {**_started(c), **d}, _changes, _call_id),
-    st.builds(lambda d, c: {**_ended(c), **d}, _changes, _call_id),
+    st.builds(lambda d, c: {**started_body(c), **d}, _changes, _call_id),
+    st.builds(lambda d, c: {**ended_body(c), **d}, _changes, _call_id),
     st.builds(lambda d: {**_PRESIGN_BODY, **d}, _changes),
     _json,
 )  # fmt: skip
@@ -307,11 +291,9 @@ def test_call_ids_never_escape_the_data_dir(roark: LocalRoark, api: httpx.Client
     ids = ["../../etc/passwd", "a\x00b", "\u202e\U0001f600", "/abs", "..", "x" * 5000]
     with httpx.Client() as s3:
         for call_id in ids:
-            assert api.post(WEBHOOK, json=_started(call_id)).status_code == 200
-            assert (
-                s3.put(_presign(api, call_id, 0), content=b"\0\0", headers=PCM).status_code == 200
-            )
-            body = _ended(call_id, recordingSampleRate=8000, recordingNumChannels=1)
+            assert api.post(WEBHOOK, json=started_body(call_id)).status_code == 200
+            assert s3.put(presign(api, call_id, 0), content=b"\0\0", headers=PCM).status_code == 200
+            body = ended_body(call_id, recordingSampleRate=8000, recordingNumChannels=1)
             assert api.post(WEBHOOK, json=body).status_code == 200
             quoted = quote(call_id, safe="").replace(".", "%2E")  # else ".." is resolved away
             assert api.get(f"/api/calls/{quoted}").status_code == 200

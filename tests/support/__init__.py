@@ -7,11 +7,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
+
+import httpx
 
 from pipecat_roark_otel.exporter._delivery import DeliveryOptions
 
 WEBHOOK = "/v1/integrations/pipecat"
 PRESIGN = "/v1/integrations/pipecat/chunk-upload-url"
+PCM = {"content-type": "audio/pcm"}
+T0 = "2025-01-01T10:00:00.000Z"
 
 # Delivery tuned for tests: retries in tens of milliseconds, not seconds.
 FAST = DeliveryOptions(
@@ -49,3 +54,36 @@ def wait_until(cond: Callable[[], bool], timeout: float = 15.0, what: str = "con
 def auth_headers(key: str) -> dict[str, str]:
     """Both headers the Roark API wants, carrying the same key."""
     return {"x-roark-api-key": key, "authorization": f"Bearer {key}"}
+
+
+def started_body(call_id: str, **extra: Any) -> dict[str, Any]:
+    """A valid call-started body, as the contract writes it."""
+    return {
+        "event": "call-started",
+        "pipecatCallId": call_id,
+        "eventTimestamp": T0,
+        "agentId": "agent-1",
+        **extra,
+    }
+
+
+def ended_body(call_id: str, **extra: Any) -> dict[str, Any]:
+    """A valid call-ended body, a minute after ``started_body``."""
+    return {
+        "event": "call-ended",
+        "pipecatCallId": call_id,
+        "eventTimestamp": "2025-01-01T10:01:00Z",
+        "callStartedAt": T0,
+        "callEndedAt": "2025-01-01T10:01:00Z",
+        "callEndedReason": "agent-ended",
+        **extra,
+    }
+
+
+def presign(api: httpx.Client, call_id: str, index: int) -> str:
+    """A fresh upload URL for one chunk, from the local Roark ``api`` points at."""
+    body = {"pipecatCallId": call_id, "chunkIndex": index, "contentType": "audio/pcm"}
+    resp = api.post(PRESIGN, json=body)
+    assert resp.status_code == 200, resp.text
+    url: str = resp.json()["data"]["uploadUrl"]
+    return url
