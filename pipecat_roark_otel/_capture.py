@@ -84,6 +84,11 @@ class ToolResult:
     audio_offset_ms: int | None
     # The handler raised; ``content`` is then Pipecat's stand-in for the LLM to read.
     failed: bool = False
+    # An async tool's progress update (``is_final=False``): the tool is still running.
+    final: bool = True
+    # False for the final result after a progress update: Roark already has this
+    # call's result (one id, one result); only the tool span ends with it.
+    reported: bool = True
 
 
 Record = Turn | ToolCall | ToolResult
@@ -151,6 +156,7 @@ class CallCapture:
         self._played_ids: set[int] = set()
         self._tool_call_ids: set[str] = set()
         self._tool_result_ids: set[str] = set()
+        self._tool_progress: set[str] = set()
         self._last_user_stop_ns: int | None = None
 
     # -- timing ---------------------------------------------------------------
@@ -364,21 +370,36 @@ class CallCapture:
         ]
 
     def tool_result(
-        self, tool_call_id: object, result: object, now: int, *, failed: bool = False
+        self,
+        tool_call_id: object,
+        result: object,
+        now: int,
+        *,
+        failed: bool = False,
+        final: bool = True,
     ) -> list[Record]:
         call_id = str(tool_call_id or "")
+        reported = True
         if call_id:
             if call_id in self._tool_result_ids:
-                return []
+                if not (final and call_id in self._tool_progress):
+                    return []
+                reported = False
             self._tool_result_ids.add(call_id)
+            if final:
+                self._tool_progress.discard(call_id)
+            else:
+                self._tool_progress.add(call_id)
         return [
             ToolResult(
-                seq=self._next_seq(),
+                seq=self._next_seq() if reported else 0,
                 tool_call_id=call_id,
                 content=result_to_string(result),
                 at_ns=now,
                 audio_offset_ms=self.offset_ms(now),
                 failed=failed,
+                final=final,
+                reported=reported,
             )
         ]
 

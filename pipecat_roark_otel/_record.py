@@ -151,6 +151,9 @@ class CallRecord:
 
     def add(self, records: list[Record]) -> None:
         for record in records:
+            if isinstance(record, ToolResult) and not record.reported:
+                self._tool_span(record)  # for the trace only: Roark has this call's result
+                continue
             name, attrs, ts = record_event(record, self._limit)
             if self._segment is None:
                 self._segment = self._tracer.start_span(
@@ -196,6 +199,11 @@ class CallRecord:
             return
         result: dict[str, AttributeValue] = {}
         _put_text(result, sc.TOOL_RESULT, record.content, self._limit)
+        if not record.final:
+            # A progress update: the tool keeps running, its latest result on the span.
+            for span, _ in self._tools.get(record.tool_call_id, [])[:1]:
+                span.set_attributes(result)
+            return
         failure = ("tool_error", "the tool handler raised") if record.failed else None
         self._end_tool(record.tool_call_id, record.at_ns, result, failure)
 

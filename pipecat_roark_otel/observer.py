@@ -494,7 +494,10 @@ class RoarkObserver(BaseObserver):
             records = cap.tool_call(frame.tool_call_id, frame.function_name, frame.arguments, now)
         elif isinstance(frame, FunctionCallResultFrame):
             failed = bool(getattr(frame, "error", None))  # Pipecat >= 1.14
-            records = cap.tool_result(frame.tool_call_id, frame.result, now, failed=failed)
+            final = getattr(getattr(frame, "properties", None), "is_final", True) is not False
+            records = cap.tool_result(
+                frame.tool_call_id, frame.result, now, failed=failed, final=final
+            )
         elif isinstance(frame, FunctionCallCancelFrame) and self._record is not None:
             self._record.cancel_tool(str(frame.tool_call_id or ""), now)
         if records:

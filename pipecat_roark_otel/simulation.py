@@ -25,6 +25,7 @@ from pipecat.frames.frames import (
     FunctionCallCancelFrame,
     FunctionCallInProgressFrame,
     FunctionCallResultFrame,
+    FunctionCallResultProperties,
     InputAudioRawFrame,
     LLMFullResponseEndFrame,
     LLMFullResponseStartFrame,
@@ -53,15 +54,16 @@ _TICK_S = 0.02
 class Tool:
     """A tool the scripted LLM calls before it replies.
 
-    ``outcome``: ``"result"`` (returns ``result``), ``"error"`` (its handler raised:
-    Pipecat's stand-in result, flagged), ``"cancelled"`` or ``"hangs"`` (never returns).
+    ``outcome``: ``"result"`` (returns ``result``), ``"progress"`` (an async tool: a
+    progress update, then ``result``), ``"error"`` (its handler raised: Pipecat's
+    stand-in result, flagged), ``"cancelled"`` or ``"hangs"`` (never returns).
     """
 
     name: str
     arguments: Any
     result: Any
     call_id: str
-    outcome: Literal["result", "error", "cancelled", "hangs"] = "result"
+    outcome: Literal["result", "progress", "error", "cancelled", "hangs"] = "result"
 
 
 @dataclass(frozen=True)
@@ -294,6 +296,16 @@ class ScriptedLLM(FrameProcessor):
         elif tool.outcome == "hangs":
             return
         else:
+            if tool.outcome == "progress":
+                update = FunctionCallResultProperties(is_final=False)
+                await self.broadcast_frame(
+                    FunctionCallResultFrame,
+                    **kwargs,
+                    arguments=tool.arguments,
+                    result={"progress": "working"},
+                    properties=update,
+                )
+                await asyncio.sleep(self._script.llm_ttfb_s / self._script.speed)
             extra: dict[str, Any] = {}
             if tool.outcome == "error" and "error" in FunctionCallResultFrame.__dataclass_fields__:
                 extra["error"] = f"Error executing function call [{tool.name}]"

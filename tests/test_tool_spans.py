@@ -39,6 +39,13 @@ TOOLS = Script(
             tool=Tool("transfer", {"to": "sales"}, None, "cancel_1", "cancelled"),
         ),
         Exchange(
+            user="Check my refund",
+            bot="It is on its way.",
+            tool=Tool(
+                "refund_status", {"order_id": "A-1042"}, {"refund": "sent"}, "slow_1", "progress"
+            ),
+        ),
+        Exchange(
             user="Book a callback",
             bot="Booking it now.",
             tool=Tool("book_callback", {"at": "noon"}, None, "hang_1", "hangs"),
@@ -77,7 +84,7 @@ async def test_each_tool_call_is_a_span_under_the_call_from_invocation_to_result
     spans = otel.spans()
     call_span = next(s for s in spans if s.name == sc.SPAN_CALL)
     tools = _tool_spans(spans)
-    assert set(tools) == {"ok_1", "err_1", "cancel_1", "hang_1"}
+    assert set(tools) == {"ok_1", "err_1", "cancel_1", "slow_1", "hang_1"}
     for call_id, span in tools.items():
         attrs = span.attributes or {}
         name = str(attrs[sc.TOOL_NAME])
@@ -109,6 +116,14 @@ async def test_each_tool_call_is_a_span_under_the_call_from_invocation_to_result
         "cancel_1": ("cancelled", StatusCode.ERROR),
         "hang_1": ("call_ended", StatusCode.ERROR),
     }
+    # An async tool's progress update leaves it running: its span ends at the final result,
+    # while Roark keeps the one result per call id it always had (the first).
+    slow = tools["slow_1"]
+    assert slow.status.status_code == StatusCode.UNSET
+    assert (slow.attributes or {})[sc.TOOL_RESULT] == '{"refund":"sent"}'
+    assert records["tool_result", "slow_1"]["content"] == '{"progress":"working"}'
+    assert slow.end_time // 1000 * 1000 > _unix_ns(records["tool_result", "slow_1"]["timestamp"])
+
     # The tool that never returned runs until the call ends.
     assert tools["hang_1"].end_time == call_span.end_time
     assert tools["cancel_1"].end_time < tools["hang_1"].start_time
@@ -120,6 +135,8 @@ async def test_each_tool_call_is_a_span_under_the_call_from_invocation_to_result
         ("tool_call", "err_1"),
         ("tool_result", "err_1"),
         ("tool_call", "cancel_1"),
+        ("tool_call", "slow_1"),
+        ("tool_result", "slow_1"),
         ("tool_call", "hang_1"),
     ]
     assert records["tool_result", "err_1"]["content"] == "refund failed"
