@@ -113,3 +113,13 @@ def is_part_of(key: str, names: frozenset[str]) -> bool:
     """Whether ``key`` is a continuation part of one of ``names``."""
     base, _, index = key.rpartition(".")
     return index.isdigit() and base in names
+
+
+# Delivery metrics (``RoarkSpanExporter.stats()`` as OpenTelemetry instruments).
+METRIC_DELIVERED: Final = "roark.outbox.delivered"
+METRIC_RETRIED: Final = "roark.outbox.retried"
+METRIC_DEAD_LETTERED: Final = "roark.outbox.dead_lettered"
+METRIC_LOST: Final = "roark.outbox.lost"
+METRIC_DEPTH: Final = "roark.outbox.depth"
+METRIC_OLDEST_AGE: Final = "roark.outbox.oldest_age"
+LOST_REASON: Final = "reason"

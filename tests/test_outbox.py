@@ -13,13 +13,10 @@ from pathlib import Path
 import pytest
 
 from pipecat_roark_otel.exporter import deadletters
+from pipecat_roark_otel.exporter._items import ENDED, STARTED, chunk, segment
 from pipecat_roark_otel.exporter._outbox import (
-    ENDED,
-    STARTED,
     Outbox,
     call_key,
-    chunk_item,
-    segment_item,
 )
 
 CALL = "call/with:odd chars"
@@ -89,11 +86,11 @@ def test_delivered_items_are_never_rewritten(outbox: Outbox) -> None:
     lock = outbox.try_lock(key)
     assert lock is not None
     with lock:
-        outbox.mark_sent(key, chunk_item(0))
+        outbox.mark_sent(key, chunk(0))
     assert not (outbox.calls_dir / key / "chunk-000000.pcm").exists()  # bytes dropped once sent
     assert not outbox.put_chunk(CALL, 0, b"pcm")  # a duplicate hand-over
     state = outbox.read(key)
-    assert state is not None and state.chunks == frozenset() and state.done(chunk_item(0))
+    assert state is not None and state.chunks == frozenset() and state.done(chunk(0))
 
 
 def test_completed_call_is_retired_and_late_duplicates_ignored(outbox: Outbox) -> None:
@@ -199,11 +196,9 @@ def _dead_letter_end(outbox: Outbox) -> str:
     lock = outbox.try_lock(key)
     assert lock is not None
     outbox.mark_sent(key, STARTED)
-    outbox.dead_letter(
-        key, [ENDED, segment_item(0)], status=422, message="x" * 2000, now=1700000000.0
-    )
+    outbox.dead_letter(key, [ENDED, segment(0)], status=422, message="x" * 2000, now=1700000000.0)
     state = outbox.read(key)
-    assert state is not None and state.done(ENDED) and "ended" in state.dead
+    assert state is not None and state.done(ENDED) and ENDED in state.dead
     outbox.complete(key, lock)
     return key
 

@@ -8,9 +8,9 @@ from email.utils import format_datetime
 
 import pytest
 
+from pipecat_roark_otel.exporter._gate import Gate, GatePolicy
 from pipecat_roark_otel.exporter._retry import (
     RETRYABLE,
-    CircuitBreaker,
     Outcome,
     auth_backoff,
     backoff,
@@ -105,28 +105,37 @@ def test_retry_delay_honours_longer_retry_after() -> None:
     assert retry_delay(10, 0.0, rng) <= 60.0
 
 
-def test_breaker_opens_cools_down_and_half_opens_once() -> None:
-    b = CircuitBreaker(threshold=3, cooldown=10.0)
-    for t in (0.0, 1.0):
-        assert b.allow(t)
-        b.record_failure(t)
-    assert not b.is_open
-    b.record_failure(2.0)
-    assert b.is_open
-    assert not b.allow(5.0)
-    assert b.retry_at(5.0) == 12.0
-    assert b.allow(12.0)  # the one half-open try
-    assert not b.allow(12.5)
-    b.record_failure(13.0)  # probe failed: open again from now
-    assert not b.allow(20.0)
-    assert b.allow(23.0)
-    b.record_success()
-    assert not b.is_open and b.allow(23.1) and b.allow(23.2)
+def test_gate_closes_after_failures_then_probes_one_at_a_time() -> None:
+    gate = Gate(GatePolicy(threshold=3, probe_interval=1.0))
+    for t in (0.0, 0.1, 0.2):
+        assert gate.acquire(t) is None
+        gate.release(Outcome.RETRY, t, answered=False, wait=None)
+    assert gate.breaker_open and gate.state(0.5) == ("closed", 1.2)
+    assert gate.acquire(0.5) == 1.2
+    assert gate.acquire(1.2) is None  # the probe
+    assert gate.acquire(1.3) is not None  # only one at a time
+    gate.release(Outcome.RETRY, 1.4, answered=False, wait=5.0)  # Retry-After: 5 s
+    assert gate.state(2.5) == ("closed", 6.4)
+    assert gate.acquire(6.4) is None
+    change = gate.release(Outcome.OK, 6.5, answered=False, wait=None)
+    assert change.recovered and not change.from_auth and gate.take_recovered()
+    assert not gate.take_recovered() and gate.state(6.6) == ("open", 6.6)
 
 
-def test_breaker_probe_can_be_released_without_a_verdict() -> None:
-    b = CircuitBreaker(threshold=1, cooldown=1.0)
-    b.record_failure(0.0)
-    assert b.allow(2.0)
-    b.release_probe()
-    assert b.allow(2.0)
+def test_a_refused_upload_url_is_an_answer_not_an_outage() -> None:
+    gate = Gate(GatePolicy(threshold=1))
+    gate.release(Outcome.RETRY, 0.0, answered=True, wait=None)
+    assert not gate.breaker_open
+
+
+def test_auth_pause_probes_each_second_then_slows_to_the_auth_backoff() -> None:
+    policy = GatePolicy(probe_interval=1.0, auth_fast_window=60.0, auth_backoff_base=30.0)
+    gate = Gate(policy)
+    assert gate.release(Outcome.AUTH, 0.0, answered=False, wait=None).auth_episode_began
+    assert gate.auth_paused and gate.state(0.0) == ("closed", 1.0)
+    assert not gate.release(Outcome.AUTH, 1.0, answered=False, wait=None).auth_episode_began
+    assert gate.state(1.0) == ("closed", 2.0)
+    gate.release(Outcome.AUTH, 61.0, answered=False, wait=None)
+    assert gate.state(61.0) == ("closed", 91.0)
+    change = gate.release(Outcome.OK, 91.0, answered=False, wait=None)
+    assert change.recovered and change.from_auth and not gate.auth_paused

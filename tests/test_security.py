@@ -28,6 +28,7 @@ from pipecat_roark_otel import semconv
 from pipecat_roark_otel.config import RoarkSettings, resolve_settings
 from pipecat_roark_otel.exporter import ContentFilteringSpanExporter
 from pipecat_roark_otel.exporter._client import RoarkClient, RoarkHTTPError
+from pipecat_roark_otel.exporter._items import chunk
 from pipecat_roark_otel.exporter._outbox import Outbox, call_key
 from pipecat_roark_otel.simulation import run_simulated_call
 
@@ -40,6 +41,7 @@ pytestmark = pytest.mark.e2e
 
 # Distinctive, so a leak of any part of it is found by a plain substring search.
 SECRET = "rk_test_SECRETxq7Zk2PvL9"
+DEVSERVER_LOGGER = "pipecat_roark_otel.devserver"
 WORDS = [
     *(text for _, text in EXPECTED_TURNS),
     *("Copperline", "arriving", "welcome", "A-1042", '"status":"shipped"'),
@@ -180,6 +182,23 @@ async def test_presigned_puts_carry_no_auth_header(rigs: Callable[..., Rig]) -> 
     assert uploads and {r["status"] for r in uploads} == {200}
 
 
+async def test_presigned_urls_never_reach_any_log_at_any_level(
+    rigs: Callable[..., Rig], caplog: pytest.LogCaptureFixture
+) -> None:
+    """httpx logs each request's URL at INFO; a presigned URL's query is a credential."""
+    rig = rigs()
+    with caplog.at_level(logging.DEBUG):
+        await rig.call("urls-1")
+        rig.flush()
+    assert_complete(rig, "urls-1")
+    puts = [r.getMessage() for r in caplog.records if r.name == "httpx" and "PUT" in r.getMessage()]
+    assert puts, "httpx logged no PUT: the test proves nothing"
+    # The sender's side: the local Roark's own access log stands where S3's would.
+    ours = [r.getMessage() for r in caplog.records if not r.name.startswith(DEVSERVER_LOGGER)]
+    assert not [m for m in ours if "X-Roark-" in m]  # the local Roark's signature parameters
+    assert not any("?" in line for line in puts), puts
+
+
 def test_spool_dir_and_everything_below_it_is_private(tmp_path: Path) -> None:
     old = os.umask(0o002)  # a permissive umask must not widen the spool
     try:
@@ -187,7 +206,7 @@ def test_spool_dir_and_everything_below_it_is_private(tmp_path: Path) -> None:
         outbox = Outbox(spool)
         outbox.put_started("c1", {"pipecatCallId": "c1"})
         outbox.put_chunk("c1", 0, b"\0\0", sample_rate=16000, num_channels=2)
-        outbox.dead_letter(call_key("c1"), ["chunk 0"], status=422, message="no", now=0.0)
+        outbox.dead_letter(call_key("c1"), [chunk(0)], status=422, message="no", now=0.0)
     finally:
         os.umask(old)
     dirs = [spool, *(p for p in spool.rglob("*") if p.is_dir())]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from opentelemetry.trace import SpanContext
@@ -10,6 +11,17 @@ from .. import _errors
 
 # What the reference uploads per chunk; the spliced recorder's buffer holds this per track.
 DEFAULT_CHUNK_BYTES = 256 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """One numbered piece of a call's recording, on its way to the outbox."""
+
+    call_id: str
+    index: int
+    pcm: bytes
+    sample_rate: int | None = None
+    num_channels: int | None = None
 
 
 class ChunkTarget(Protocol):
@@ -32,7 +44,11 @@ class TraceBoundTarget(Protocol):
 
 
 class ChunkSink:
-    """Counts what it hands over; never waits on disk or network (the engine's thread does)."""
+    """Numbers and hands over; never waits on the network (the engine's threads do).
+
+    Every chunk consumes its index, handed over or not: if one is ever lost, Roark
+    sees the gap instead of a shorter WAV with every later offset wrong.
+    """
 
     def __init__(self) -> None:
         self.target: ChunkTarget | None = None
@@ -77,22 +93,14 @@ class ChunkSink:
             self.failures += 1
             _errors.count_drop("audio_no_exporter")
             return
-        accepted = self.target.submit_chunk(
-            self.call_id,
-            self.chunks,
-            bytes(audio),
-            sample_rate=sample_rate,
-            num_channels=num_channels,
-        )
-        if not accepted:
-            self.failures += 1
-            _errors.count_drop("audio_handoff_full")
-            if _errors.should_log("audio_handoff_full"):
-                _errors.logger.warning(
-                    "Roark audio hand-off is full; dropping a chunk of call %s", self.call_id
-                )
-            return
+        index = self.chunks
         self.chunks += 1
-        self.bytes += len(audio)
         self.sample_rate = sample_rate
         self.num_channels = num_channels
+        accepted = self.target.submit_chunk(
+            self.call_id, index, bytes(audio), sample_rate=sample_rate, num_channels=num_channels
+        )
+        if accepted:
+            self.bytes += len(audio)
+        else:  # the target counted and logged the loss; the index stays used
+            self.failures += 1

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -41,13 +43,32 @@ class RoarkHTTPError(Exception):
         self.retry_after = retry_after
 
 
+_ours: ContextVar[bool] = ContextVar("pipecat_roark_otel_request", default=False)
+
+
+class _WithoutQuery(logging.Filter):
+    """httpx logs every request's full URL at INFO; a presigned URL's query is a credential."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if _ours.get() and isinstance(record.args, tuple):
+            record.args = tuple(
+                a.copy_with(query=None) if isinstance(a, httpx.URL) else a for a in record.args
+            )
+        return True
+
+
+logging.getLogger("httpx").addFilter(_WithoutQuery())
+
+
 @contextmanager
 def _suppressed() -> Iterator[None]:
     # Rule 10: the same key the SDK's BatchProcessor sets around its own exports.
     token = attach(set_value(_SUPPRESS_INSTRUMENTATION_KEY, True))
+    ours = _ours.set(True)
     try:
         yield
     finally:
+        _ours.reset(ours)
         detach(token)
 
 

@@ -40,10 +40,11 @@ class Engine:
         options: DeliveryOptions | None = None,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
+        outbox: Outbox | None = None,
     ) -> None:
         self.settings = settings
         self.options = options or DeliveryOptions()
-        self.outbox = Outbox(settings.spool_dir)
+        self.outbox = outbox or Outbox(settings.spool_dir)
         timeout = self.options.request_timeout
         self.delivery = Delivery(
             self.outbox,
@@ -104,10 +105,14 @@ class Engine:
         sample_rate: int | None = None,
         num_channels: int | None = None,
     ) -> bool:
-        """From the event loop: memory only; False when the hand-off is full or shut down."""
+        """From the event loop: memory, or the disk when memory is full; False if neither."""
         return self.delivery.submit_chunk(
             call_id, index, pcm, sample_rate=sample_rate, num_channels=num_channels
         )
+
+    def reject(self, call_id: str | None, exc: ValueError) -> None:
+        """A span whose record is out of range: counted and logged, never written."""
+        self.delivery.reject(call_id, exc)
 
     def start(self) -> None:
         """Deliver what earlier processes left in the spool, without waiting for new work."""

@@ -6,6 +6,7 @@ import os
 import threading
 import weakref
 from collections.abc import Sequence
+from typing import Any
 
 import httpx
 from opentelemetry.sdk.trace import ReadableSpan
@@ -14,7 +15,7 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from .. import _errors
 from ..config import RoarkSettings, resolve_settings
 from ._engine import Engine, engine_for
-from ._translate import is_ours, translate
+from ._translate import is_ours, span_call_id, translate
 
 # Guards _live: exporters are made on any thread; the observer reads it on the loop.
 _live_lock = threading.Lock()
@@ -67,10 +68,19 @@ class RoarkSpanExporter(SpanExporter):
             if not is_ours(span):
                 continue
             with _errors.guard("export"):
-                item = translate(span)
+                try:
+                    item = translate(span)
+                except ValueError as exc:  # a number out of range: hostile or broken input
+                    self._engine.reject(span_call_id(span), exc)
+                    continue
                 if item is not None:
                     self._engine.put_item(item)
         return SpanExportResult.SUCCESS
+
+    def stats(self) -> dict[str, Any]:
+        """Delivered, retried, dead-lettered, dropped by reason, outbox depth and the age in
+        seconds of the oldest undelivered item (shared by exporters of one destination)."""
+        return self._engine.stats()
 
     def force_flush(self, timeout_millis: int = 30_000) -> bool:
         """Wait until everything handed over is delivered (or the deadline)."""

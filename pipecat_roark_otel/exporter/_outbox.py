@@ -7,7 +7,7 @@ Layout (``root/v1``)::
     calls/<key>/seg-000000.json  segment records
     calls/<key>/chunk-000000.pcm raw PCM (deleted once delivered)
     calls/<key>/audio.json       optional {"sampleRate", "numChannels"}
-    calls/<key>/end.json         {"segments", "chunks", "payload"}
+    calls/<key>/end.json         the end record (``_payloads.EndRecord``)
     calls/<key>/sent.log         "started", "chunk 3", "ended", "dead chunk 4", one per line
     locks/<key>.lock             per-call delivery lock
     dead/<key>/...               dead-lettered item files + reason.json (+ sent.log)
@@ -22,183 +22,68 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 import secrets
 import shutil
-import sys
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Any, Final
 
-if sys.platform != "win32":
-    import fcntl
-
-    HAVE_FLOCK: Final = True
-
-    def _flock_nb(fd: int) -> None:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-
-else:  # pragma: no cover - Windows: O_EXCL lock files instead
-    HAVE_FLOCK: Final = False
-
-    def _flock_nb(fd: int) -> None:
-        raise OSError("flock is not available on this platform")
-
-
-LockMode = Literal["auto", "flock", "excl"]
+from ._files import (
+    TMP_PREFIX,
+    append_line,
+    dumps,
+    mkdir_private,
+    read_json,
+    read_log,
+    write_atomic,
+)
+from ._items import ENDED, STARTED, ItemId, chunk, segment
+from ._lock import CallLock, LockMode, resolve_mode, try_lock
+from ._payloads import MAX_CHANNELS, MAX_SAMPLE_RATE, EndRecord
+from ._state import DEAD_PREFIX, CallState, SentLog
 
 LAYOUT: Final = "v1"
-STARTED: Final = "started"
-ENDED: Final = "ended"
-DEAD_PREFIX: Final = "dead "
-_TMP_PREFIX: Final = ".tmp-"
 _STALE_TMP_S: Final = 600.0
 _TOMBSTONE_TTL_S: Final = 7 * 24 * 3600.0
 _REASON_MAX: Final = 500
+_KEY_LEN: Final = 32
+
+Write = Callable[[Path, bytes], None]
 
 
 def call_key(call_id: str) -> str:
     """The directory name of a call: the raw id never appears in a path."""
-    return hashlib.sha256(call_id.encode()).hexdigest()[:32]
+    return hashlib.sha256(call_id.encode()).hexdigest()[:_KEY_LEN]
 
 
-def chunk_item(index: int) -> str:
-    return f"chunk {index}"
-
-
-def segment_item(index: int) -> str:
-    return f"segment {index}"
-
-
-def _item_file(item: str) -> str:
-    if item == STARTED:
-        return "started.json"
-    if item == ENDED:
-        return "end.json"
-    kind, _, num = item.partition(" ")
-    if kind == "chunk":
-        return f"chunk-{int(num):06d}.pcm"
-    if kind == "segment":
-        return f"seg-{int(num):06d}.json"
-    raise ValueError(f"unknown outbox item {item!r}")
-
-
-def _file_item(name: str) -> str | None:
-    if name == "started.json":
-        return STARTED
-    if name == "end.json":
-        return ENDED
-    stem, dot, ext = name.partition(".")
-    if stem.startswith("chunk-") and ext == "pcm" and stem[6:].isdigit():
-        return chunk_item(int(stem[6:]))
-    if stem.startswith("seg-") and ext == "json" and stem[4:].isdigit():
-        return segment_item(int(stem[4:]))
-    del dot
-    return None
-
-
-@dataclass(frozen=True, slots=True)
-class CallState:
-    """A snapshot of one call's directory, read under its lock."""
-
-    key: str
-    call_id: str | None
-    started: bool
-    segments: frozenset[int]
-    chunks: frozenset[int]
-    end: bool
-    end_mtime: float | None
-    sent: frozenset[str]
-    dead: frozenset[str]
-    last_activity: float
-
-    def done(self, item: str) -> bool:
-        """Delivered or dead-lettered: either way nothing more to do for it."""
-        return item in self.sent or item in self.dead
-
-
-class CallLock:
-    """An exclusive, non-blocking per-call lock across threads and processes."""
-
-    def __init__(self, path: Path, fd: int | None, mode: Literal["flock", "excl"]) -> None:
-        self._path = path
-        self._fd = fd
-        self._mode = mode
-        self._released = False
-
-    def touch(self) -> None:
-        """Keep an O_EXCL lock from looking stale during a long session."""
-        if self._mode == "excl":
-            with contextlib.suppress(OSError):
-                os.utime(self._path)
-
-    def release(self) -> None:
-        """Unlink while still held, so lock files never pile up; waiters re-check the inode."""
-        if self._released:
-            return
-        self._released = True
-        with contextlib.suppress(OSError):
-            self._path.unlink()
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-
-    def __enter__(self) -> CallLock:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f"{_TMP_PREFIX}{os.getpid()}-{secrets.token_hex(6)}-{path.name}")
-    try:
-        with open(tmp, "xb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-
-
-def _dumps(obj: Any) -> bytes:
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
-
-
-def _read_json(path: Path) -> Any:
-    with open(path, "rb") as f:
-        return json.loads(f.read())
-
-
-def _read_lines(path: Path) -> list[str]:
-    try:
-        with open(path, encoding="utf-8") as f:
-            return [line.strip() for line in f if line.strip()]
-    except FileNotFoundError:
-        return []
-
-
-def _mkdir_private(path: Path) -> None:
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+def is_key(text: str) -> bool:
+    return len(text) == _KEY_LEN and all(c in "0123456789abcdef" for c in text)
 
 
 class Outbox:
-    """Durable per-call FIFO on disk, shared safely by threads and processes."""
+    """Durable per-call FIFO on disk, shared safely by threads and processes.
+
+    ``write`` (atomic item files) and ``append`` (sent-log lines) are the disk seams;
+    tests simulate a full disk with them.
+    """
 
     def __init__(
-        self, root: Path, *, lock_mode: LockMode = "auto", stale_lock_after: float = 300.0
+        self,
+        root: Path,
+        *,
+        lock_mode: LockMode = "auto",
+        stale_lock_after: float = 300.0,
+        write: Write = write_atomic,
+        append: Write = append_line,
     ) -> None:
         self.root = Path(root)
-        if lock_mode == "auto":
-            lock_mode = "flock" if HAVE_FLOCK else "excl"
-        if lock_mode == "flock" and not HAVE_FLOCK:  # pragma: no cover - Windows
-            raise ValueError("lock_mode='flock' needs fcntl")
-        self._lock_mode: Literal["flock", "excl"] = lock_mode
+        self._lock_mode = resolve_mode(lock_mode)
         self._stale_lock_after = stale_lock_after
-        _mkdir_private(self.root)
+        self._write = write
+        self._append_bytes = append
+        mkdir_private(self.root)
         with contextlib.suppress(OSError):
             if self.root.stat().st_uid == os.getuid():
                 os.chmod(self.root, 0o700)
@@ -209,18 +94,19 @@ class Outbox:
         self.locks_dir = base / "locks"
         self.trash_dir = base / "trash"
         for d in (base, self.calls_dir, self.dead_dir, self.done_dir, self.locks_dir):
-            _mkdir_private(d)
+            mkdir_private(d)
 
     # -- writing (any thread, any process) -------------------------------------------------
 
     def put_started(self, call_id: str, payload: dict[str, Any]) -> bool:
-        return self._put(call_id, STARTED, _dumps(payload))
+        return self._put(call_id, STARTED, dumps(payload))
 
     def put_segment(self, call_id: str, index: int, record: dict[str, Any]) -> bool:
-        return self._put(call_id, segment_item(index), _dumps(record))
+        return self._put(call_id, segment(index), dumps(record))
 
-    def put_end(self, call_id: str, end: dict[str, Any]) -> bool:
-        return self._put(call_id, ENDED, _dumps(end))
+    def put_end(self, call_id: str, end: EndRecord | dict[str, Any]) -> bool:
+        record = end if isinstance(end, EndRecord) else EndRecord.model_validate(end)
+        return self._put(call_id, ENDED, record.model_dump_json().encode())
 
     def put_chunk(
         self,
@@ -234,10 +120,12 @@ class Outbox:
         """Store one chunk; the optional format lets an orphaned call still end with its audio."""
         if sample_rate is not None and num_channels is not None:
             meta = {"sampleRate": sample_rate, "numChannels": num_channels}
-            self._put(call_id, "audio", _dumps(meta), filename="audio.json")
-        return self._put(call_id, chunk_item(index), pcm)
+            self._put(call_id, None, dumps(meta), filename="audio.json")
+        return self._put(call_id, chunk(index), pcm)
 
-    def _put(self, call_id: str, item: str, data: bytes, *, filename: str | None = None) -> bool:
+    def _put(
+        self, call_id: str, item: ItemId | None, data: bytes, *, filename: str | None = None
+    ) -> bool:
         """Write one item unless it is already there or already delivered. True if written."""
         if not call_id:
             raise ValueError("call id must be a non-empty string")
@@ -245,17 +133,19 @@ class Outbox:
         if (self.done_dir / key).exists():
             return False
         d = self.calls_dir / key
-        target = d / (filename or _item_file(item))
+        target = d / (item.filename if item is not None else str(filename))
         for _ in range(3):  # the lock holder may be retiring the directory under us
             if target.exists():
                 return False
-            if filename is None and item in _read_lines(d / "sent.log"):
-                return False
+            if item is not None:
+                log = read_log(d / "sent.log")
+                if item in log.sent or item in log.dead:
+                    return False
             try:
-                _mkdir_private(d)
+                mkdir_private(d)
                 if not (d / "call.json").exists():
-                    _write_atomic(d / "call.json", _dumps({"callId": call_id}))
-                _write_atomic(target, data)
+                    self._write(d / "call.json", dumps({"callId": call_id}))
+                self._write(target, data)
                 return True
             except FileNotFoundError:
                 if (self.done_dir / key).exists():
@@ -280,7 +170,7 @@ class Outbox:
 
     def call_id(self, key: str) -> str | None:
         try:
-            value = _read_json(self.calls_dir / key / "call.json").get("callId")
+            value = read_json(self.calls_dir / key / "call.json").get("callId")
         except (OSError, ValueError, AttributeError):
             return None
         return value if isinstance(value, str) and value else None
@@ -291,35 +181,31 @@ class Outbox:
         if (self.done_dir / key).exists():
             self._retire(key)  # a late duplicate recreated the directory
             return None
-        started = end = False
-        end_mtime: float | None = None
-        segments: set[int] = set()
-        chunks: set[int] = set()
-        last = 0.0
-        now = time.time()
         try:
             entries = list(os.scandir(d))
         except FileNotFoundError:
             return None
+        found: dict[str, set[int]] = {"chunk": set(), "segment": set()}
+        started, end_mtime, last = False, None, 0.0
+        now = time.time()
         for e in entries:
             try:
                 mtime = e.stat().st_mtime
             except FileNotFoundError:
                 continue
-            if e.name.startswith(_TMP_PREFIX):
+            if e.name.startswith(TMP_PREFIX):
                 if now - mtime > _STALE_TMP_S:  # left by a killed writer
                     with contextlib.suppress(OSError):
                         os.unlink(e.path)
                 continue
             last = max(last, mtime)
-            item = _file_item(e.name)
+            item = ItemId.from_filename(e.name)
             if item == STARTED:
                 started = True
             elif item == ENDED:
-                end, end_mtime = True, mtime
+                end_mtime = mtime
             elif item is not None:
-                kind, _, num = item.partition(" ")
-                (chunks if kind == "chunk" else segments).add(int(num))
+                found[item.kind].add(item.index)
         if last == 0.0:
             # Nothing but the directory yet: a writer between mkdir and its first file (maybe
             # in another process). Its age, not the epoch, is how long it has been idle.
@@ -327,118 +213,100 @@ class Outbox:
                 last = d.stat().st_mtime
             except FileNotFoundError:
                 return None
-        lines = _read_lines(d / "sent.log")
-        sent = frozenset(x for x in lines if not x.startswith(DEAD_PREFIX))
-        dead = frozenset(x[len(DEAD_PREFIX) :] for x in lines if x.startswith(DEAD_PREFIX))
         return CallState(
             key=key,
             call_id=self.call_id(key),
             started=started,
-            segments=frozenset(segments),
-            chunks=frozenset(chunks),
-            end=end,
+            segments=frozenset(found["segment"]),
+            chunks=frozenset(found["chunk"]),
+            end=end_mtime is not None,
             end_mtime=end_mtime,
-            sent=sent,
-            dead=dead,
+            log=read_log(d / "sent.log"),
             last_activity=last,
         )
 
-    def load_json(self, key: str, item: str) -> Any:
-        return _read_json(self.calls_dir / key / _item_file(item))
+    def load_json(self, key: str, item: ItemId) -> Any:
+        return read_json(self.calls_dir / key / item.filename)
 
-    def load_segments(self, key: str, indices: frozenset[int]) -> list[dict[str, Any]]:
-        return [self.load_json(key, segment_item(i)) for i in sorted(indices)]
+    def load_end(self, key: str) -> EndRecord:
+        """Raises OSError, ValueError (damaged JSON) or pydantic's ValidationError."""
+        with open(self.calls_dir / key / ENDED.filename, "rb") as f:
+            return EndRecord.model_validate_json(f.read())
 
     def load_chunk(self, key: str, index: int) -> bytes:
-        with open(self.calls_dir / key / _item_file(chunk_item(index)), "rb") as f:
+        with open(self.calls_dir / key / chunk(index).filename, "rb") as f:
             return f.read()
 
     def load_audio_format(self, key: str) -> tuple[int, int] | None:
         try:
-            meta = _read_json(self.calls_dir / key / "audio.json")
-            return int(meta["sampleRate"]), int(meta["numChannels"])
+            meta = read_json(self.calls_dir / key / "audio.json")
+            rate, channels = int(meta["sampleRate"]), int(meta["numChannels"])
         except (OSError, ValueError, KeyError, TypeError):
             return None
-
-    # -- locking ---------------------------------------------------------------------------
+        if 0 < rate <= MAX_SAMPLE_RATE and 0 < channels <= MAX_CHANNELS:
+            return rate, channels
+        return None
 
     def try_lock(self, key: str) -> CallLock | None:
         """The call's delivery lock, or ``None`` if another thread or process holds it."""
         path = self.locks_dir / f"{key}.lock"
-        if self._lock_mode == "flock":
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-            try:
-                _flock_nb(fd)
-            except OSError:
-                os.close(fd)
-                return None
-            try:  # the holder before us may have unlinked it: then ours is a stale inode
-                same = os.stat(path).st_ino == os.fstat(fd).st_ino
-            except FileNotFoundError:
-                same = False
-            if not same:
-                os.close(fd)
-                return None
-            return CallLock(path, fd, "flock")
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            try:
-                age = time.time() - path.stat().st_mtime
-            except FileNotFoundError:
-                return None
-            if age > self._stale_lock_after:  # its holder died; the next try takes it
-                with contextlib.suppress(OSError):
-                    path.unlink()
-            return None
-        os.write(fd, str(os.getpid()).encode())
-        os.close(fd)
-        return CallLock(path, None, "excl")
+        return try_lock(path, self._lock_mode, stale_after=self._stale_lock_after)
 
     # -- lock holder only ------------------------------------------------------------------
 
-    def mark_sent(self, key: str, item: str) -> None:
+    def mark_sent(self, key: str, item: ItemId) -> None:
         """Record delivery, then drop the chunk's bytes (the log line is the truth)."""
-        self._append(key, item)
-        if item.startswith("chunk "):
+        self._append(key, str(item))
+        if item.kind == "chunk":
             with contextlib.suppress(FileNotFoundError):
-                (self.calls_dir / key / _item_file(item)).unlink()
+                (self.calls_dir / key / item.filename).unlink()
 
     def _append(self, key: str, line: str) -> None:
-        with open(self.calls_dir / key / "sent.log", "a", encoding="utf-8") as f:
-            f.write(line + "\n")
+        self._append_bytes(self.calls_dir / key / "sent.log", f"{line}\n".encode())
+
+    def repair_log(self, key: str, log: SentLog) -> None:
+        """Rewrite a damaged sent log with the lines that still name an item."""
+        write_atomic(self.calls_dir / key / "sent.log", log.dump())
 
     def dead_letter(
-        self, key: str, items: list[str], *, status: int | None, message: str, now: float
+        self,
+        key: str,
+        items: list[ItemId],
+        *,
+        status: int | None,
+        message: str,
+        now: float,
+        log: bool = True,
     ) -> None:
-        """Move items to ``dead/<key>`` with why; the rest of the call goes on."""
+        """Move items to ``dead/<key>`` with why; the rest of the call goes on.
+
+        ``log=False`` sets a file aside without marking its item done (a damaged end
+        record: the call is then ended as an orphan with what arrived)."""
         src = self.calls_dir / key
         dst = self.dead_dir / key
-        _mkdir_private(dst)
+        mkdir_private(dst)
         for name in ("call.json", "audio.json"):
             if (src / name).exists() and not (dst / name).exists():
                 shutil.copyfile(src / name, dst / name)
-        reasons = self._reasons(key)
+        reasons = self.reasons(key)
         for item in items:
-            name = _item_file(item)
             with contextlib.suppress(FileNotFoundError):
-                os.replace(src / name, dst / name)
-            reasons[item] = {"status": status, "message": message[:_REASON_MAX], "time": now}
-        _write_atomic(dst / "reason.json", _dumps(reasons))
-        for item in items:
-            if not item.startswith("segment "):
-                self._append(key, DEAD_PREFIX + item)
+                os.replace(src / item.filename, dst / item.filename)
+            reasons[str(item)] = {"status": status, "message": message[:_REASON_MAX], "time": now}
+        write_atomic(dst / "reason.json", dumps(reasons))
+        for item in items if log else ():
+            self._append(key, DEAD_PREFIX + str(item))
 
-    def _reasons(self, key: str) -> dict[str, Any]:
+    def reasons(self, key: str) -> dict[str, Any]:
         try:
-            value = _read_json(self.dead_dir / key / "reason.json")
+            value = read_json(self.dead_dir / key / "reason.json")
         except (OSError, ValueError):
             return {}
         return value if isinstance(value, dict) else {}
 
     def complete(self, key: str, lock: CallLock) -> None:
         """Retire a finished call: tombstone first, so late duplicates and other readers skip it."""
-        _write_atomic(self.done_dir / key, b"")
+        write_atomic(self.done_dir / key, b"")
         src = self.calls_dir / key
         if (self.dead_dir / key).exists() and (src / "sent.log").exists():
             # What already arrived, so a resend of the dead items skips it.
@@ -448,7 +316,7 @@ class Outbox:
 
     def _retire(self, key: str) -> None:
         # Rename first: a writer racing us fails cleanly instead of writing into a half-deleted dir.
-        _mkdir_private(self.trash_dir)
+        mkdir_private(self.trash_dir)
         trash = self.trash_dir / f"{key}.{secrets.token_hex(4)}"
         try:
             os.replace(self.calls_dir / key, trash)
@@ -466,7 +334,26 @@ class Outbox:
                     if now - e.stat().st_mtime > _TOMBSTONE_TTL_S:
                         os.unlink(e.path)
 
-    # -- dead letters ----------------------------------------------------------------------
+    # -- what waits ------------------------------------------------------------------------
+
+    def pending_items(self) -> int:
+        """How many item files wait on disk, for the 'keeping N items on disk' line."""
+        return self.depth()[0]
+
+    def depth(self, now: float | None = None) -> tuple[int, float | None]:
+        """(item files waiting, age in seconds of the oldest), from a scan of the calls."""
+        n, oldest = 0, None
+        for key in self.pending_keys():
+            with contextlib.suppress(FileNotFoundError):
+                for e in os.scandir(self.calls_dir / key):
+                    if ItemId.from_filename(e.name) is None:
+                        continue
+                    n += 1
+                    with contextlib.suppress(FileNotFoundError):
+                        mtime = e.stat().st_mtime
+                        oldest = mtime if oldest is None else min(oldest, mtime)
+        now = time.time() if now is None else now
+        return n, None if oldest is None else max(0.0, now - oldest)
 
     def dead_keys(self) -> list[str]:
         try:
@@ -475,27 +362,40 @@ class Outbox:
             return []
 
     def resolve_dead_key(self, key_or_call_id: str) -> str:
-        if (self.dead_dir / key_or_call_id).is_dir():
-            return key_or_call_id
-        return call_key(key_or_call_id)
+        """A key from ``list`` as is; anything else is a call id, hashed (so never a path)."""
+        return key_or_call_id if is_key(key_or_call_id) else call_key(key_or_call_id)
+
+    def _dead_dir(self, key: str) -> Path | None:
+        """``dead/<key>``, only for a well-formed key whose path stays inside the dead store."""
+        if not is_key(key):
+            return None
+        d = (self.dead_dir / key).resolve()
+        if (
+            d.parent != self.dead_dir.resolve()
+            or not d.is_dir()
+            or (self.dead_dir / key).is_symlink()
+        ):
+            return None
+        return d
 
     def dead_info(self, key: str) -> dict[str, Any] | None:
-        d = self.dead_dir / key
-        if not d.is_dir():
+        d = self._dead_dir(key)
+        if d is None:
             return None
         call_id: str | None = None
         with contextlib.suppress(OSError, ValueError, AttributeError):
-            call_id = _read_json(d / "call.json").get("callId")
-        items = sorted(item for e in os.scandir(d) if (item := _file_item(e.name)) is not None)
-        return {"key": key, "callId": call_id, "items": items, "reasons": self._reasons(key)}
+            call_id = read_json(d / "call.json").get("callId")
+        found = (ItemId.from_filename(e.name) for e in os.scandir(d))
+        items = sorted(str(item) for item in found if item is not None)
+        return {"key": key, "callId": call_id, "items": items, "reasons": self.reasons(key)}
 
     def resend(self, key: str) -> int:
         """Move a call's dead items back into the live queue. Returns how many items moved.
 
         Raises ``BlockingIOError`` if a process is delivering the call right now.
         """
-        src = self.dead_dir / key
-        if not src.is_dir():
+        src = self._dead_dir(key)
+        if src is None:
             return 0
         lock = self.try_lock(key)
         if lock is None:
@@ -504,36 +404,27 @@ class Outbox:
             with contextlib.suppress(FileNotFoundError):
                 (self.done_dir / key).unlink()
             dst = self.calls_dir / key
-            _mkdir_private(dst)
-            moved: list[str] = []
+            mkdir_private(dst)
+            moved: list[ItemId] = []
             for e in list(os.scandir(src)):
-                item = _file_item(e.name)
+                item = ItemId.from_filename(e.name)
                 if item is not None:
                     os.replace(e.path, dst / e.name)
                     moved.append(item)
                 elif e.name in ("call.json", "audio.json") and not (dst / e.name).exists():
                     os.replace(e.path, dst / e.name)
             # Keep what was delivered, forget that the moved items died.
-            lines = _read_lines(dst / "sent.log") + _read_lines(src / "sent.log")
-            revived = {DEAD_PREFIX + item for item in moved}
-            keep = list(dict.fromkeys(x for x in lines if x not in revived))
-            _write_atomic(dst / "sent.log", "".join(f"{x}\n" for x in keep).encode())
+            here, there = read_log(dst / "sent.log"), read_log(src / "sent.log")
+            log = SentLog(here.sent | there.sent, (here.dead | there.dead) - set(moved))
+            write_atomic(dst / "sent.log", log.dump())
             shutil.rmtree(src, ignore_errors=True)
             return len(moved)
         finally:
             lock.release()
 
     def purge(self, key: str) -> bool:
-        d = self.dead_dir / key
-        if not d.is_dir():
+        d = self._dead_dir(key)
+        if d is None:
             return False
         shutil.rmtree(d)
         return True
-
-    def pending_items(self) -> int:
-        """How many item files wait on disk, for the 'keeping N items on disk' line."""
-        n = 0
-        for key in self.pending_keys():
-            with contextlib.suppress(FileNotFoundError):
-                n += sum(1 for e in os.scandir(self.calls_dir / key) if _file_item(e.name))
-        return n

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
+from ._items import MAX_INDEX
+
 _NULLABLE_REQUIRED = ("callStartedAt", "callEndedAt")
+# Bounds on what a span (or a bridge peer) may claim; beyond them the record is rejected.
+MAX_SAMPLE_RATE: Final = 384_000
+MAX_CHANNELS: Final = 32
 
 
 class _Wire(BaseModel):
@@ -62,8 +67,8 @@ class CallEnded(_Wire):
     callEndedAt: StrictStr | None
     callEndedReason: StrictStr
     agentSpokeFirst: StrictBool | None = None
-    recordingSampleRate: StrictInt | None = Field(default=None, gt=0)
-    recordingNumChannels: StrictInt | None = Field(default=None, gt=0)
+    recordingSampleRate: StrictInt | None = Field(default=None, gt=0, le=MAX_SAMPLE_RATE)
+    recordingNumChannels: StrictInt | None = Field(default=None, gt=0, le=MAX_CHANNELS)
     transcript: list[TranscriptTurn] | None = None
     toolCalls: list[ToolCallRecord | ToolResultRecord] | None = None
 
@@ -99,3 +104,17 @@ class PresignReply(BaseModel):
         if isinstance(body, dict) and isinstance(body.get("data"), dict):
             body = body["data"]
         return cls.model_validate(body)
+
+
+class EndRecord(BaseModel):
+    """The end record in the outbox: call-ended's payload plus what to wait for.
+
+    Counts are bounded before anything iterates over them (issue: 2**62 segments).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    segments: StrictInt = Field(ge=0, le=MAX_INDEX + 1)
+    chunks: StrictInt = Field(ge=0, le=MAX_INDEX + 1)
+    started: StrictBool = True  # False: the call ended before call-started was ever written
+    payload: dict[str, Any]

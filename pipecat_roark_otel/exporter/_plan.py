@@ -10,7 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from ._outbox import ENDED, STARTED, CallState, chunk_item
+from ._items import ENDED, STARTED, chunk, segment
+from ._payloads import EndRecord
+from ._state import CallState
 
 ActionKind = Literal["started", "chunk", "ended", "orphan", "dead_orphan", "complete", "wait"]
 
@@ -32,35 +34,35 @@ SEND_STARTED = Action("started")
 
 def plan(
     state: CallState,
-    end: tuple[int, int, bool] | None,
+    end: EndRecord | None,
     now: float,
     *,
     grace: float,
     orphan: float,
 ) -> Action:
-    """``end`` is the end record's ``(segments, chunks, announced)`` when ``state.end``.
+    """``end`` is the call's end record when ``state.end`` (its counts are bounded).
 
-    A call that ended before it started (``announced`` False) never has a call-started.
+    A call that ended before it started (``end.started`` False) never has a call-started.
     """
     if state.done(ENDED):
         # Items resent from the dead-letter store after the call ended go out late (the
         # receiver rebuilds the recording); completing now would delete them unsent.
         if state.started and not state.done(STARTED):
             return SEND_STARTED
-        late = sorted(i for i in state.chunks if not state.done(chunk_item(i)))
+        late = sorted(i for i in state.chunks if not state.done(chunk(i)))
         return Action("chunk", index=late[0]) if late else COMPLETE
     idle_deadline = state.last_activity + orphan
     if not state.done(STARTED):
         if state.started:
             return SEND_STARTED
-        if end is not None and not end[2]:
+        if end is not None and not end.started:
             return _after_started(state, end, now, grace)
         # Chunks and the end wait for call-started (the span processor may hold it 5 s).
         if now >= idle_deadline:
             return Action("dead_orphan")
         return Action("wait", until=idle_deadline)
     if not state.end or end is None:
-        waiting = sorted(i for i in state.chunks if not state.done(chunk_item(i)))
+        waiting = sorted(i for i in state.chunks if not state.done(chunk(i)))
         if waiting:
             return Action("chunk", index=waiting[0])
         if now >= idle_deadline:
@@ -69,15 +71,14 @@ def plan(
     return _after_started(state, end, now, grace)
 
 
-def _after_started(
-    state: CallState, end: tuple[int, int, bool], now: float, grace: float
-) -> Action:
-    waiting = sorted(i for i in state.chunks if not state.done(chunk_item(i)))
+def _after_started(state: CallState, end: EndRecord, now: float, grace: float) -> Action:
+    waiting = sorted(i for i in state.chunks if not state.done(chunk(i)))
     if waiting:
         return Action("chunk", index=waiting[0])
-    segments, chunks, _ = end
-    missing_segments = tuple(i for i in range(segments) if i not in state.segments)
-    missing_chunks = tuple(i for i in range(chunks) if not state.done(chunk_item(i)))
+    missing_segments = tuple(
+        i for i in range(end.segments) if i not in state.segments and not state.done(segment(i))
+    )
+    missing_chunks = tuple(i for i in range(end.chunks) if not state.done(chunk(i)))
     if not missing_segments and not missing_chunks:
         return Action("ended")
     deadline = (state.end_mtime or now) + grace

@@ -1,11 +1,10 @@
-"""Retry policy as data plus pure functions: status classes, backoff, Retry-After, breaker."""
+"""Retry policy as data plus pure functions: status classes, backoff, Retry-After."""
 
 from __future__ import annotations
 
 import enum
 import math
 import random
-from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Final
 
@@ -91,51 +90,3 @@ def retry_delay(
     """Honour the server's ``Retry-After`` when it asks for longer than our own backoff."""
     own = backoff(attempt, rng, base=base, cap=cap)
     return own if retry_after is None else max(own, retry_after)
-
-
-@dataclass(slots=True)
-class CircuitBreaker:
-    """After ``threshold`` consecutive failures stop for ``cooldown`` s, then let one try through.
-
-    Nothing is dropped while open: callers keep the work and ask again later.
-    Not thread-safe; the owner holds its own lock.
-    """
-
-    threshold: int = 8
-    cooldown: float = 5.0
-    failures: int = 0
-    opened_at: float | None = None
-    probing: bool = False
-
-    def allow(self, now: float) -> bool:
-        if self.opened_at is None:
-            return True
-        if self.probing or now - self.opened_at < self.cooldown:
-            return False
-        self.probing = True  # half-open: exactly one request
-        return True
-
-    def retry_at(self, now: float) -> float:
-        """When ``allow`` may next say yes (``now`` when closed)."""
-        if self.opened_at is None:
-            return now
-        return max(now, self.opened_at + self.cooldown)
-
-    def record_success(self) -> None:
-        self.failures = 0
-        self.opened_at = None
-        self.probing = False
-
-    def release_probe(self) -> None:
-        """The half-open try made no request after all: let another one through."""
-        self.probing = False
-
-    def record_failure(self, now: float) -> None:
-        self.failures += 1
-        if self.probing or self.failures >= self.threshold:
-            self.opened_at = now
-        self.probing = False
-
-    @property
-    def is_open(self) -> bool:
-        return self.opened_at is not None

@@ -11,7 +11,7 @@ from opentelemetry.util.types import AttributeValue
 
 from .. import semconv as sc
 from .._capture import iso_from_ns
-from ._payloads import CallEnded, CallStarted
+from ._payloads import CallEnded, CallStarted, EndRecord
 
 Attrs = Mapping[str, AttributeValue]
 
@@ -37,8 +37,15 @@ def is_ours(span: ReadableSpan) -> bool:
     return span.name in sc.SPAN_NAMES and from_us(span)
 
 
+def span_call_id(span: ReadableSpan) -> str | None:
+    return _str(span.attributes or {}, sc.CONVERSATION_ID)
+
+
 def translate(span: ReadableSpan) -> Item | None:
-    """The outbox item a span of ours stands for; None for a span that carries none."""
+    """The outbox item a span of ours stands for; None for a span that carries none.
+
+    Raises ValueError for a record with numbers out of range (see ``EndRecord``).
+    """
     attrs: Attrs = span.attributes or {}
     call_id = _str(attrs, sc.CONVERSATION_ID)
     if call_id is None:
@@ -110,26 +117,49 @@ def segment_entry(event: Event) -> dict[str, Any] | None:
 
 
 def end_record(call_id: str, attrs: Attrs) -> dict[str, Any]:
-    chunks = _int(attrs, sc.RECORDING_CHUNKS) or 0
-    ended_at = _str(attrs, sc.CALL_ENDED_AT)
+    """Raises ValueError (pydantic's too) for counts or a format out of range: a rejection."""
     spoke_first = attrs.get(sc.CALL_AGENT_SPOKE_FIRST)
+    return build_end(
+        call_id,
+        ended_at=_str(attrs, sc.CALL_ENDED_AT),
+        started_at=_str(attrs, sc.CALL_STARTED_AT),
+        reason=_str(attrs, sc.CALL_ENDED_REASON) or "unknown",
+        spoke_first=spoke_first if isinstance(spoke_first, bool) else None,
+        sample_rate=_int(attrs, sc.RECORDING_SAMPLE_RATE),
+        channels=_int(attrs, sc.RECORDING_CHANNELS),
+        segments=_int(attrs, sc.CALL_SEGMENT_COUNT) or 0,
+        chunks=_int(attrs, sc.RECORDING_CHUNKS) or 0,
+        started=sc.CALL_STARTED_AT in attrs,
+    ).model_dump()
+
+
+def build_end(
+    call_id: str,
+    *,
+    ended_at: str | None,
+    started_at: str | None,
+    reason: str,
+    segments: int,
+    chunks: int,
+    started: bool = True,
+    spoke_first: bool | None = None,
+    sample_rate: int | None = None,
+    channels: int | None = None,
+    event_at: str | None = None,
+) -> EndRecord:
+    """Every end record, the orphaned ones too: the same models, the same bounds."""
     payload = CallEnded(
         pipecatCallId=call_id,
-        eventTimestamp=ended_at or "",
-        callStartedAt=_str(attrs, sc.CALL_STARTED_AT),
+        eventTimestamp=event_at or ended_at or "",
+        callStartedAt=started_at,
         callEndedAt=ended_at,
-        callEndedReason=_str(attrs, sc.CALL_ENDED_REASON) or "unknown",
-        agentSpokeFirst=spoke_first if isinstance(spoke_first, bool) else None,
+        callEndedReason=reason,
+        agentSpokeFirst=spoke_first,
         # Contract: recording fields only when chunks were uploaded.
-        recordingSampleRate=_int(attrs, sc.RECORDING_SAMPLE_RATE) if chunks else None,
-        recordingNumChannels=_int(attrs, sc.RECORDING_CHANNELS) if chunks else None,
+        recordingSampleRate=sample_rate if chunks else None,
+        recordingNumChannels=channels if chunks else None,
     ).wire()
-    return {
-        "segments": _int(attrs, sc.CALL_SEGMENT_COUNT) or 0,
-        "chunks": chunks,
-        "started": sc.CALL_STARTED_AT in attrs,
-        "payload": payload,
-    }
+    return EndRecord(segments=segments, chunks=chunks, started=started, payload=payload)
 
 
 def _text(attrs: Attrs, key: str) -> str | None:

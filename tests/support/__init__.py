@@ -25,7 +25,7 @@ FAST = DeliveryOptions(
     auth_backoff_base=0.3,
     auth_backoff_cap=0.6,
     rescan_interval=0.1,
-    breaker_cooldown=0.1,
+    probe_interval=0.3,
     request_timeout=2.0,
 )
 
