@@ -40,7 +40,7 @@ OPTIONS: dict[str, float] = {
     "auth_backoff_base": 0.3,
     "auth_backoff_cap": 0.6,
     "rescan_interval": 0.1,
-    "breaker_cooldown": 0.1,
+    "probe_interval": 0.1,
     "request_timeout": 2.0,
 }
 EXPECTED_TURNS = [

@@ -340,7 +340,7 @@ def test_permanent_rejection_goes_to_dead_letters_and_cli_resends(
         engine.put_started("c1", started("c1"))
         assert engine.force_flush(5)
     assert "HTTP 422" in caplog.text and "c1" in caplog.text
-    assert engine.stats()["dead"] == 1
+    assert engine.stats()["dead_lettered"] == 1
     key = call_key("c1")
     assert engine.outbox.dead_keys() == [key]
     assert status(roark, "c1") in (None, "pending")

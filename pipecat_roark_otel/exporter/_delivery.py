@@ -212,7 +212,6 @@ class Delivery:
         out.update(self._sched.counts())
         out.update(self._handoff.counts())
         out.update(auth_paused=self._gate.auth_paused, breaker_open=self._gate.breaker_open)
-        out["dead"] = out["dead_lettered"]  # the name before 0.2
         return out
 
     # -- threads ---------------------------------------------------------------------------
