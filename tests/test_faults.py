@@ -28,6 +28,7 @@ from pipecat_roark_otel import RoarkObserver
 from pipecat_roark_otel.config import RoarkSettings
 from pipecat_roark_otel.devserver import LocalRoark
 from pipecat_roark_otel.exporter import RoarkSpanExporter, deadletters
+from pipecat_roark_otel.exporter._dead import DeadLetters
 from pipecat_roark_otel.exporter._engine import Engine, engine_for
 from pipecat_roark_otel.exporter._outbox import call_key
 from pipecat_roark_otel.simulation import DEFAULT_SCRIPT, Script, run_simulated_call
@@ -372,7 +373,7 @@ async def test_a_refused_chunk_is_dead_lettered_and_its_resend_completes_the_rec
     rig.flush()
     call = rig.roark.wait_for_call_ended("dead-chunk", timeout=30)
     assert call["missing_chunks"] == [0]  # the rest of the call went on without it
-    info = rig.engine.outbox.dead_info(call_key("dead-chunk"))
+    info = DeadLetters(rig.engine.outbox).info(call_key("dead-chunk"))
     assert info is not None and info["items"] == ["chunk 0"]
     assert info["reasons"]["chunk 0"]["status"] == 422
     assert deadletters.main(["--spool-dir", str(rig.spool), "resend", "dead-chunk"]) == 0

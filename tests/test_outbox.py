@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from pipecat_roark_otel.exporter import deadletters
+from pipecat_roark_otel.exporter._dead import DeadLetters
 from pipecat_roark_otel.exporter._items import ENDED, STARTED, chunk, segment
 from pipecat_roark_otel.exporter._outbox import (
     Outbox,
@@ -206,7 +207,7 @@ def _dead_letter_end(outbox: Outbox) -> str:
 def test_dead_letter_keeps_items_and_reason(outbox: Outbox) -> None:
     key = _dead_letter_end(outbox)
     assert outbox.pending_keys() == []
-    info = outbox.dead_info(key)
+    info = DeadLetters(outbox).info(key)
     assert info is not None
     assert info["callId"] == CALL
     assert info["items"] == ["ended", "segment 0"]
@@ -217,7 +218,7 @@ def test_dead_letter_keeps_items_and_reason(outbox: Outbox) -> None:
 
 def test_resend_moves_items_back_and_remembers_what_arrived(outbox: Outbox) -> None:
     key = _dead_letter_end(outbox)
-    assert outbox.resend(key) == 2
+    assert DeadLetters(outbox).resend(key) == 2
     assert outbox.dead_keys() == []
     state = outbox.read(key)
     assert state is not None
@@ -231,7 +232,7 @@ def test_resend_refuses_while_call_is_locked(outbox: Outbox) -> None:
     holder = outbox.try_lock(key)
     assert holder is not None
     with pytest.raises(BlockingIOError):
-        outbox.resend(key)
+        DeadLetters(outbox).resend(key)
     holder.release()
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -136,3 +137,24 @@ class RoarkClient:
     def close(self) -> None:
         self._api.close()
         self._bare.close()
+
+
+class LazyClient:
+    """One :class:`RoarkClient`, made on first use (delivery threads share it)."""
+
+    def __init__(self, factory: Callable[[], RoarkClient]) -> None:
+        self.factory = factory
+        self._lock = threading.Lock()  # guards _client
+        self._client: RoarkClient | None = None
+
+    def get(self) -> RoarkClient:
+        with self._lock:
+            if self._client is None:
+                self._client = self.factory()
+            return self._client
+
+    def close(self) -> None:
+        with self._lock:
+            client, self._client = self._client, None
+        if client is not None:
+            client.close()

@@ -18,7 +18,7 @@ from typing import Any, Final
 
 from .. import _errors
 from ..audio._chunks import Chunk
-from ._client import RoarkClient
+from ._client import LazyClient, RoarkClient
 from ._gate import PROBE_INTERVAL_S, Gate, GatePolicy
 from ._handoff import Handoff
 from ._outbox import Outbox
@@ -73,6 +73,7 @@ class DeliveryOptions:
 
 
 _instances: weakref.WeakSet[Delivery] = weakref.WeakSet()
+_abandoned: list[LazyClient] = []  # parents' clients in a forked child: never used, never closed
 
 
 def _reinit_all_in_child() -> None:
@@ -97,11 +98,10 @@ class Delivery:
         rng: random.Random | None = None,
     ) -> None:
         self.outbox = outbox
-        self._client_factory = client_factory
         self._opts = options or DeliveryOptions()
         self._clock = clock
         self._rng = rng
-        self._abandoned: RoarkClient | None = None
+        self._client = LazyClient(client_factory)
         self._init_state()
         _instances.add(self)
 
@@ -117,13 +117,11 @@ class Delivery:
             self._gate,
             self._stats,
             self._opts.steps(),
-            self._client_locked,
+            self._client.get,
             self._request_timeout,
             clock=self._clock,
             rng=self._rng,
         )
-        self._client_lock = threading.Lock()  # guards _client
-        self._client: RoarkClient | None = None
         self._accepting = True
         self._deadline: float | None = None  # monotonic; set by shutdown
         self._threads: list[threading.Thread] = []
@@ -131,8 +129,9 @@ class Delivery:
 
     def _after_fork(self) -> None:
         # The parent's threads don't exist here and its sockets aren't ours: start over.
-        # The parent's client is dropped unclosed on purpose (closing could disturb the parent).
-        self._abandoned = self._client
+        # The parent's client is kept unclosed on purpose (closing could disturb the parent).
+        _abandoned.append(self._client)
+        self._client = LazyClient(self._client.factory)
         self._init_state()
 
     # -- callers' side (any thread; never touches the network) -----------------------------
@@ -202,10 +201,7 @@ class Delivery:
             t.join(max(0.05, deadline - time.monotonic()))
         while self._handoff.persist_one():  # whatever audio is still in memory goes to disk
             pass
-        with self._client_lock:
-            client, self._client = self._client, None
-        if client is not None:
-            client.close()
+        self._client.close()
 
     def stats(self) -> dict[str, Any]:
         out = self._stats.snapshot()
@@ -304,9 +300,3 @@ class Delivery:
         if self._sched.stopping:
             return None
         return timeout if timeout > 0 else None
-
-    def _client_locked(self) -> RoarkClient:
-        with self._client_lock:
-            if self._client is None:
-                self._client = self._client_factory()
-            return self._client

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..config import ENV_SPOOL_DIR, resolve_base_url, resolve_spool_dir
+from ._dead import DeadLetters
 from ._outbox import Outbox
 
 
@@ -45,11 +46,11 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     spool = resolve_spool_dir(args.spool_dir, resolve_base_url(args.base_url))
-    outbox = Outbox(Path(spool))
+    dead = DeadLetters(Outbox(Path(spool)))
     out = sys.stdout
     if args.command == "list":
-        for key in outbox.dead_keys():
-            info = outbox.dead_info(key) or {}
+        for key in dead.call_keys():
+            info = dead.info(key) or {}
             reasons = info.get("reasons", {})
             statuses = sorted({str(r.get("status")) for r in reasons.values()})
             out.write(
@@ -57,9 +58,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"  status={','.join(statuses) or '-'}\n"
             )
         return 0
-    key = outbox.resolve_dead_key(args.key)
+    key = dead.resolve(args.key)
     if args.command == "show":
-        shown = outbox.dead_info(key)
+        shown = dead.info(key)
         if shown is None:
             sys.stderr.write(f"no dead letters for {args.key}\n")
             return 1
@@ -67,7 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "resend":
         try:
-            moved = outbox.resend(key)
+            moved = dead.resend(key)
         except BlockingIOError as exc:
             sys.stderr.write(f"{exc}\n")
             return 2
@@ -76,7 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
         out.write(f"moved {moved} item(s) of {key} back to the queue\n")
         return 0
-    if not outbox.purge(key):
+    if not dead.purge(key):
         sys.stderr.write(f"no dead letters for {args.key}\n")
         return 1
     out.write(f"purged {key}\n")
