@@ -99,8 +99,10 @@ def test_stats_report_depth_and_age_and_feed_otel_metrics(
 ) -> None:
     reader = InMemoryMetricReader()
     provider = MeterProvider(metric_readers=[reader])
-    make_instruments(provider.get_meter(sc.INSTRUMENTATION_SCOPE))
-    before = metric_points(reader)  # instruments sum over every live engine in the process
+    # By default the instruments sum over every live engine; here, this one's.
+    make_instruments(provider.get_meter(sc.INSTRUMENTATION_SCOPE), lambda: [counters])
+    counters = engine.delivery.counters
+    before = metric_points(reader)
     roark.faults.set_down(True)
     refused(engine, roark)  # kept while Roark is down, then dead-lettered
     wait_until(lambda: engine.stats()["retried"] >= 1)

@@ -203,6 +203,10 @@ class Delivery:
             pass
         self._client.close()
 
+    @property
+    def counters(self) -> Stats:
+        return self._stats
+
     def stats(self) -> dict[str, Any]:
         out = self._stats.snapshot()
         out.update(self._sched.counts())

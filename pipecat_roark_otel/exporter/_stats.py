@@ -95,39 +95,40 @@ def _all() -> list[Stats]:
         return list(_live)
 
 
-def _total(name: str) -> Callable[[metrics.CallbackOptions], Iterable[metrics.Observation]]:
-    def observe(_options: metrics.CallbackOptions) -> Iterable[metrics.Observation]:
-        yield metrics.Observation(sum(s.count(name) for s in _all()))
-
-    return observe
+Callback = Callable[[metrics.CallbackOptions], Iterable[metrics.Observation]]
 
 
-def _lost(_options: metrics.CallbackOptions) -> Iterable[metrics.Observation]:
-    by_reason: Counter[str] = Counter()
-    for s in _all():
-        by_reason.update(s.snapshot(with_depth=False)["dropped"])
-    for reason, n in sorted(by_reason.items()):
-        yield metrics.Observation(n, {sc.LOST_REASON: reason})
+def make_instruments(
+    meter: metrics.Meter, sources: Callable[[], list[Stats]] = _all
+) -> list[object]:
+    """Observable instruments over ``sources`` (by default every live engine)."""
 
+    def total(name: str) -> Callback:
+        def observe(_options: metrics.CallbackOptions) -> Iterable[metrics.Observation]:
+            yield metrics.Observation(sum(s.count(name) for s in sources()))
 
-def _depth(_options: metrics.CallbackOptions) -> Iterable[metrics.Observation]:
-    yield metrics.Observation(sum(s.depth()[0] for s in _all()))
+        return observe
 
+    def lost(_options: metrics.CallbackOptions) -> Iterable[metrics.Observation]:
+        by_reason: Counter[str] = Counter()
+        for s in sources():
+            by_reason.update(s.snapshot(with_depth=False)["dropped"])
+        for reason, n in sorted(by_reason.items()):
+            yield metrics.Observation(n, {sc.LOST_REASON: reason})
 
-def _oldest(_options: metrics.CallbackOptions) -> Iterable[metrics.Observation]:
-    ages = [age for s in _all() if (age := s.depth()[1]) is not None]
-    yield metrics.Observation(max(ages, default=0.0))
+    def depth(_options: metrics.CallbackOptions) -> Iterable[metrics.Observation]:
+        yield metrics.Observation(sum(s.depth()[0] for s in sources()))
 
+    def oldest(_options: metrics.CallbackOptions) -> Iterable[metrics.Observation]:
+        ages = [age for s in sources() if (age := s.depth()[1]) is not None]
+        yield metrics.Observation(max(ages, default=0.0))
 
-def make_instruments(meter: metrics.Meter) -> list[object]:
-    """Observable instruments over every live engine (the global meter's, made once)."""
+    counter, gauge = meter.create_observable_counter, meter.create_observable_gauge
     return [
-        meter.create_observable_counter(sc.METRIC_DELIVERED, [_total("delivered")], "{item}"),
-        meter.create_observable_counter(sc.METRIC_RETRIED, [_total("retried")], "{request}"),
-        meter.create_observable_counter(
-            sc.METRIC_DEAD_LETTERED, [_total("dead_lettered")], "{item}"
-        ),
-        meter.create_observable_counter(sc.METRIC_LOST, [_lost], "{item}"),
-        meter.create_observable_gauge(sc.METRIC_DEPTH, [_depth], "{item}"),
-        meter.create_observable_gauge(sc.METRIC_OLDEST_AGE, [_oldest], "s"),
+        counter(sc.METRIC_DELIVERED, [total("delivered")], "{item}"),
+        counter(sc.METRIC_RETRIED, [total("retried")], "{request}"),
+        counter(sc.METRIC_DEAD_LETTERED, [total("dead_lettered")], "{item}"),
+        counter(sc.METRIC_LOST, [lost], "{item}"),
+        gauge(sc.METRIC_DEPTH, [depth], "{item}"),
+        gauge(sc.METRIC_OLDEST_AGE, [oldest], "s"),
     ]
