@@ -277,7 +277,7 @@ def has_incumbent() -> bool:
 
 def make_observer(variant: str) -> tuple[BaseObserver | None, FrameProcessor | None]:
     """(observer, recorder to splice after the pass-throughs) for a variant name."""
-    kind = variant.removesuffix("+tracing")
+    kind = variant.removesuffix("+tracing").removesuffix("_steps")
     if kind in ("none", "tracing"):
         return None, None
     if kind == "noop":

@@ -145,7 +145,8 @@ async def _child(variant: str, calls: int, seconds: float) -> dict[str, Any]:
     def ready(task: Any) -> None:
         tasks.append(task)
 
-    make = _timed_ours(variant) if variant.startswith("ours") else None
+    # Timing the steps costs CPU itself: only the ours_steps rows are timed.
+    make = _timed_ours(variant.removesuffix("_steps")) if variant.endswith("_steps") else None
 
     async def one() -> None:
         r = await p.run_call(variant, shape, on_ready=ready, collect=False, sinks=sinks, make=make)
@@ -173,7 +174,7 @@ async def _child(variant: str, calls: int, seconds: float) -> dict[str, Any]:
         "frames": frames,
         "us_per_frame": cpu / max(1, frames) * 1e6,
         "wall_s": wall,
-        "worst_step_ms": _Steps.worst * 1e3 if variant.startswith("ours") else None,
+        "worst_step_ms": _Steps.worst * 1e3 if variant.endswith("_steps") else None,
         "worst_step_at": _Steps.where,
     }
 
@@ -217,6 +218,7 @@ def verdict(rows: list[dict[str, Any]]) -> list[str]:
         by_calls.setdefault(r["calls"], {})[r["variant"]] = r
     for n, by in by_calls.items():
         ours, inc, noop = by.get("ours"), by.get("incumbent"), by.get("noop")
+        steps = by.get("ours_steps")
         for r in (ours, inc):
             if r is not None and r["extra_mb_per_call"] is not None:
                 ok = "meets" if r["extra_mb_per_call"] <= TARGET_MB_PER_CALL else "misses"
@@ -234,12 +236,12 @@ def verdict(rows: list[dict[str, Any]]) -> list[str]:
                     f"ours x{n}: extra CPU/frame {ratio:.2f}x {other['variant']}'s "
                     f"({ours['extra_us']:.1f} vs {other['extra_us']:.1f} us; {ok} <= {target}x)"
                 )
-        if ours["worst_step_ms"] is not None:
-            ok = "meets" if ours["worst_step_ms"] <= TARGET_STALL_MS else "misses"
+        if steps is not None and steps["worst_step_ms"] is not None:
+            ok = "meets" if steps["worst_step_ms"] <= TARGET_STALL_MS else "misses"
             lines.append(
                 f"ours x{n}: longest synchronous step of ours on the loop "
-                f"{ours['worst_step_ms']:.2f} ms CPU, handling {ours['worst_step_at']} "
-                f"({ok} <= {TARGET_STALL_MS:g} ms)"
+                f"{steps['worst_step_ms']:.2f} ms CPU, handling {steps['worst_step_at']} "
+                f"({ok} <= {TARGET_STALL_MS:g} ms; from the ours_steps run)"
             )
     return lines
 
@@ -279,7 +281,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         doc = asyncio.run(_child(args.child, int(args.calls), args.seconds))
         print(json.dumps(doc))
         return doc
-    default = ["none", "noop", "incumbent", "ours"]
+    default = ["none", "noop", "incumbent", "ours", "ours_steps"]
     names = args.variants.split(",") if args.variants else default
     if not p.has_incumbent():
         names = [n for n in names if n != "incumbent"]

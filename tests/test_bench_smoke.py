@@ -27,7 +27,9 @@ def test_overhead() -> None:
     ours = doc["results"]["ours"]
     assert ours["frames"] > 500
     assert ours["us_per_frame"] > 0
-    assert ours["ratio_to_noop_extra"] is not None
+    assert ours["extra_us"] is not None
+    # None when the no-op's extra came out at or below zero: noise on a loaded machine.
+    assert "ratio_to_noop_extra" in ours
 
 
 def test_memory() -> None:
