@@ -122,6 +122,8 @@ class _UserTurn:
     parts: list[tuple[str, bool]] = field(default_factory=list)
     started: _Edge | None = None
     stopped: _Edge | None = None
+    # The VAD's last speech offset in this turn; None while the caller is speaking.
+    speech_stopped: _Edge | None = None
     user_id: str | None = None
     language: str | None = None
 
@@ -158,6 +160,8 @@ class CallCapture:
         self._tool_result_ids: set[str] = set()
         self._tool_progress: set[str] = set()
         self._last_user_stop_ns: int | None = None
+        # VAD speech (onset, offset) not yet part of a user turn.
+        self._speech: tuple[_Edge, _Edge | None] | None = None
 
     # -- timing ---------------------------------------------------------------
 
@@ -186,9 +190,31 @@ class CallCapture:
 
     # -- user -----------------------------------------------------------------
 
+    def speech_started(self, now: int, lead_ns: int) -> None:
+        """Capture rule 6: the VAD confirms speech ``lead_ns`` after it began."""
+        user = self._user
+        if user.started is not None and user.stopped is None:
+            user.speech_stopped = None  # the caller speaks on within the open turn
+        else:
+            self._speech = (_edge(now - lead_ns), None)
+
+    def speech_stopped(self, now: int, lag_ns: int) -> None:
+        """Capture rule 6: the VAD confirms silence ``lag_ns`` after speech ended."""
+        offset = _edge(now - lag_ns)
+        user = self._user
+        if user.started is not None and user.stopped is None:
+            if offset.ns >= user.started.ns:
+                user.speech_stopped = offset
+        elif self._speech is not None:
+            self._speech = (self._speech[0], offset)
+
     def user_started(self, now: int) -> list[Record]:
         out = self._reply_ends_at_user_turn(now) + self.flush_user(now)
-        self._user.started = _edge(now)
+        # Pipecat's user turn starts when its turn strategy decides; speech began earlier.
+        onset, offset = self._speech or (_edge(now), None)
+        self._speech = None
+        self._user.started = onset
+        self._user.speech_stopped = offset
         self._user.stopped = None
         bot = self._bot
         if not (bot.played if self.has_output_transport else bot.generated):
@@ -203,7 +229,8 @@ class CallCapture:
         return self.flush_assistant(now)
 
     def user_stopped(self, now: int) -> None:
-        self._user.stopped = _edge(now)
+        # The turn ends when turn detection decides; the speech ended at the VAD's offset.
+        self._user.stopped = self._user.speech_stopped or _edge(now)
 
     def transcription(
         self,

@@ -33,6 +33,8 @@ from pipecat.frames.frames import (
     TTSTextFrame,
     UserStartedSpeakingFrame,
     UserStoppedSpeakingFrame,
+    VADUserStartedSpeakingFrame,
+    VADUserStoppedSpeakingFrame,
 )
 from pipecat.metrics.metrics import LLMUsageMetricsData, TTFBMetricsData
 from pipecat.observers.base_observer import BaseObserver, FramePushed
@@ -86,6 +88,10 @@ def _private_provider(settings: RoarkSettings) -> SdkTracerProvider:
             )
             _private_providers[settings] = provider
         return provider
+
+
+def _secs_ns(value: object) -> int:
+    return int(value * 1e9) if isinstance(value, (int, float)) and value > 0 else 0
 
 
 def _end_reason(frame: Frame) -> str:
@@ -303,6 +309,8 @@ class RoarkObserver(BaseObserver):
                     TranscriptionFrame,
                     UserStartedSpeakingFrame,
                     UserStoppedSpeakingFrame,
+                    VADUserStartedSpeakingFrame,
+                    VADUserStoppedSpeakingFrame,
                     BotStartedSpeakingFrame,
                     BotStoppedSpeakingFrame,
                     InterruptionFrame,
@@ -482,6 +490,10 @@ class RoarkObserver(BaseObserver):
         elif isinstance(frame, UserStoppedSpeakingFrame):
             self.recording.user_speaking(False)
             cap.user_stopped(now)
+        elif isinstance(frame, VADUserStartedSpeakingFrame):
+            cap.speech_started(now, _secs_ns(getattr(frame, "start_secs", 0.0)))
+        elif isinstance(frame, VADUserStoppedSpeakingFrame):
+            cap.speech_stopped(now, _secs_ns(getattr(frame, "stop_secs", 0.0)))
         elif isinstance(frame, BotStartedSpeakingFrame):
             self.recording.bot_speaking(True)
             records = cap.bot_started(now)

@@ -256,6 +256,31 @@ def test_user_turn_is_segments_stamped_at_speech_edges() -> None:
     assert (turn.user_id, turn.language) == ("caller-1", "en-US")
 
 
+def test_vad_edges_stamp_the_speech_not_the_turn_decision() -> None:
+    """Capture rule 6 on Pipecat >= 1.x: UserStarted/Stopped mark the turn strategy's
+    decision (the stop seconds later, after turn analysis); the VAD frames mark the
+    speech, confirmed start_secs/stop_secs after it began/ended. Seen on a real bot."""
+    cap = CallCapture()
+    cap.speech_started(at(1200), 200 * MS)  # VADUserStartedSpeakingFrame(start_secs=0.2)
+    assert cap.user_started(at(1201)) == []
+    cap.speech_stopped(at(2400), 200 * MS)  # a pause inside the turn
+    cap.speech_started(at(2700), 200 * MS)  # the caller goes on: same turn
+    cap.speech_stopped(at(3400), 200 * MS)
+    cap.transcription("I'd like to check on my order", False, at(3450))
+    cap.user_stopped(at(5900))  # turn analysis and STT settle later
+    [turn] = cap.bot_started(at(6300))
+    assert isinstance(turn, Turn)
+    assert (turn.timestamp, turn.end_timestamp) == (iso_from_ns(at(1000)), iso_from_ns(at(3200)))
+    # The next turn starts from its own speech, not a stale edge.
+    cap.speech_started(at(8200), 200 * MS)
+    cap.user_started(at(8300))
+    cap.transcription("thanks", False, at(8900))
+    cap.user_stopped(at(9000))
+    [turn] = cap.flush_all(at(9100))
+    assert isinstance(turn, Turn)
+    assert (turn.timestamp, turn.end_timestamp) == (iso_from_ns(at(8000)), iso_from_ns(at(9000)))
+
+
 def test_back_to_back_user_turns_stay_separate() -> None:
     """Capture rule 5: the next UserStartedSpeakingFrame closes the pending turn."""
     cap = CallCapture()

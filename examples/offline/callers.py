@@ -75,11 +75,15 @@ class Caller:
         since = time.time()
         deadline = since + timeout
         while time.time() < deadline:
-            frames = [pcm for t, pcm in self.heard if t > since and rms(pcm) > LOUD]
-            if sum(len(p) for p in frames) / 2 / self.heard_rate >= seconds:
+            if self.heard_speech_after(since) >= seconds:
                 return
             await asyncio.sleep(0.02)
         raise TimeoutError(f"heard less than {seconds} s of the bot within {timeout} s")
+
+    def heard_speech_after(self, since: float) -> float:
+        """Seconds of loud audio heard after ``since`` (wall clock)."""
+        loud = [pcm for t, pcm in self.heard if t > since and rms(pcm) > LOUD]
+        return sum(len(pcm) for pcm in loud) / 2 / self.heard_rate
 
     def heard_pcm(self) -> bytes:
         return b"".join(pcm for _, pcm in self.heard)

@@ -151,3 +151,34 @@ class Recording:
 
 def iso(ts: str) -> float:
     return datetime.fromisoformat(ts).timestamp()
+
+
+# How far Pipecat's Silero VAD onset and offset may sit from the speech's energy: it
+# confirms speech once its confidence and smoothed volume have risen, which lags a soft
+# onset. The bot's edges come from the audio it played, so they sit tighter.
+USER_EDGE_MS = 300
+BOT_EDGE_MS = 100
+
+
+def assert_audio_matches_turns(rec: Recording, transcript: list[dict[str, Any]]) -> None:
+    """Each turn's own channel carries speech in its window, and its edges match the audio."""
+    for turn in transcript:
+        start, end = turn["audioOffsetMs"], turn["endAudioOffsetMs"]
+        user = turn["role"] == "user"
+        track = rec.user if user else rec.bot
+        slack = USER_EDGE_MS if user else BOT_EDGE_MS
+        spans = [s for s in rec.loud_spans(track) if s[1] > start and s[0] < end]
+        assert spans, f"no {turn['role']} audio in [{start}, {end}] ms: {turn}"
+        assert abs(spans[0][0] - start) <= slack, (spans, turn)
+        assert abs(spans[-1][1] - end) <= slack, (spans, turn)
+        assert rec.energy(track, start, end) > 4 * rec.energy(track, end + slack, end + 600) + 50
+
+
+def assert_user_turns_at_speech(caller: Any, transcript: list[dict[str, Any]]) -> None:
+    """User turns are stamped at the VAD's onset: as the caller spoke, not when STT answered."""
+    users = [t for t in transcript if t["role"] == "user"]
+    assert len(users) == len(caller.said)
+    for turn, (began, ended, _text) in zip(users, caller.said, strict=True):
+        onset = iso(turn["timestamp"])
+        assert began - USER_EDGE_MS / 1000 <= onset <= began + 0.5, (turn, began)
+        assert onset < ended < iso(turn["endTimestamp"]) + USER_EDGE_MS / 1000, (turn, ended)

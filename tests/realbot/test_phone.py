@@ -9,7 +9,13 @@ from examples.offline.vendors import Agent, Vendors
 from pipecat_roark_otel.devserver import LocalRoark
 from pipecat_roark_otel.exporter import RoarkSpanExporter
 
-from .harness import Recording, phone_server, read_call
+from .harness import (
+    Recording,
+    assert_audio_matches_turns,
+    assert_user_turns_at_speech,
+    phone_server,
+    read_call,
+)
 
 # One breath each: a pause inside a line would be a second VAD turn.
 ORDER = "I'd like to check on my order."
@@ -62,3 +68,7 @@ async def test_a_complete_phone_call(
     rec = Recording.parse(call["wav"])
     assert (rec.rate, rec.channels) == (8000, 2)
     assert ended["recordingSampleRate"] == 8000
+    assert_audio_matches_turns(rec, ended["transcript"])
+    assert_user_turns_at_speech(caller, ended["transcript"])
+    # The goodbye played out before the line closed: the caller heard it.
+    assert caller.heard_speech_after(caller.said[-1][1]) >= 0.8
