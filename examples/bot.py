@@ -150,6 +150,7 @@ def build_task(
         params=PipelineParams(enable_metrics=True, enable_usage_metrics=True, **rates),
         observers=[roark],
         enable_tracing=True,
+        idle_timeout_secs=getattr(runner_args, "pipeline_idle_timeout_secs", 300),
     )
 
     @transport.event_handler("on_client_connected")
@@ -157,13 +158,19 @@ def build_task(
         context.add_message({"role": "user", "content": "Say hello and offer help."})
         await task.queue_frames([LLMRunFrame()])
 
+    return task, roark
+
+
+def end_call_on_disconnect(
+    transport: BaseTransport, task: PipelineTask, roark: RoarkObserver
+) -> None:
+    """The caller hanging up ends the call (the README's disconnect wiring)."""
+
     @transport.event_handler("on_client_disconnected")
     async def on_client_disconnected(_transport: Any, _client: Any) -> None:
         # Some transports tear down without an EndFrame: end the call for Roark now.
         await roark.aflush(reason="client-disconnected")
         await task.cancel()
-
-    return task, roark
 
 
 async def bot(runner_args: RunnerArguments) -> None:
@@ -171,7 +178,7 @@ async def bot(runner_args: RunnerArguments) -> None:
     provider = setup_tracing()
     sample_rate = None  # Pipecat's defaults
     if isinstance(runner_args, WebSocketRunnerArguments):
-        transport, sample_rate = await _twilio_transport(runner_args), 8000
+        transport, sample_rate = await twilio_transport(runner_args), 8000
     else:
         transport = await create_transport(
             runner_args,
@@ -180,7 +187,8 @@ async def bot(runner_args: RunnerArguments) -> None:
                 "webrtc": lambda: TransportParams(audio_in_enabled=True, audio_out_enabled=True),
             },
         )
-    task, _ = build_task(transport, runner_args, sample_rate=sample_rate)
+    task, roark = build_task(transport, runner_args, sample_rate=sample_rate)
+    end_call_on_disconnect(transport, task, roark)
     await PipelineRunner(handle_sigint=runner_args.handle_sigint).run(task)
     provider.force_flush()
 
@@ -191,7 +199,7 @@ def _daily_params() -> TransportParams:
     return DailyParams(audio_in_enabled=True, audio_out_enabled=True)
 
 
-async def _twilio_transport(runner_args: WebSocketRunnerArguments) -> BaseTransport:
+async def twilio_transport(runner_args: WebSocketRunnerArguments) -> BaseTransport:
     """A Twilio media stream; built here so the hang-up can go to ``TWILIO_API_BASE_URL``."""
     from pipecat.runner.utils import parse_telephony_websocket
     from pipecat.serializers.twilio import TwilioFrameSerializer

@@ -85,6 +85,12 @@ class Caller:
         loud = [pcm for t, pcm in self.heard if t > since and rms(pcm) > LOUD]
         return sum(len(pcm) for pcm in loud) / 2 / self.heard_rate
 
+    def heard_since_bot_spoke(self, since: float) -> float:
+        """Seconds of audio heard from the bot's first loud frame after ``since`` on."""
+        after = [(t, pcm) for t, pcm in self.heard if t > since]
+        first = next((i for i, (_, pcm) in enumerate(after) if rms(pcm) > LOUD), len(after))
+        return sum(len(pcm) for _, pcm in after[first:]) / 2 / self.heard_rate
+
     def heard_pcm(self) -> bytes:
         return b"".join(pcm for _, pcm in self.heard)
 
@@ -155,6 +161,10 @@ class TwilioCaller(Caller):
         await self._ws.send(json.dumps({"sequenceNumber": str(self._seq), **message}))
 
     async def _pump(self) -> None:
+        with contextlib.suppress(Exception):  # the bot closed the stream
+            await self._pump_media()
+
+    async def _pump_media(self) -> None:
         loop = asyncio.get_running_loop()
         start, n = loop.time(), 0
         while not self.stopped.is_set():

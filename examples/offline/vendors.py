@@ -87,6 +87,7 @@ class Vendors:
         self.agent = agent or Agent()
         self.chat_requests: list[dict[str, Any]] = []
         self.tts_texts: list[str] = []
+        self.word_times: dict[str, list[tuple[str, float]]] = {}  # context -> (word, start s)
         self.stt_finals: list[str] = []
         self.hangups: dict[str, asyncio.Event] = {}  # Twilio call sid -> completed
         self._ids = itertools.count(1)
@@ -108,6 +109,13 @@ class Vendors:
     @property
     def twilio_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    def words_spoken_by(self, text: str, seconds: float) -> int:
+        """How many words of the reply starting with ``text`` begin within ``seconds``."""
+        for words in self.word_times.values():
+            if " ".join(w for w, _ in words).startswith(text.split(".")[0]):
+                return sum(1 for _, start in words if start < seconds)
+        raise LookupError(f"no reply starting {text!r} was spoken")
 
     def env(self) -> dict[str, str]:
         """The environment examples/bot.py reads to use these stand-ins."""
@@ -214,7 +222,9 @@ class Vendors:
     async def _cartesia(self, request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse()
         await ws.prepare(request)
-        work: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        # Each transcript starts synthesizing as it arrives and is sent in order, so one
+        # reply's sentences play back to back, as Cartesia streams them.
+        work: asyncio.Queue[tuple[dict[str, Any], asyncio.Task[bytes] | None]] = asyncio.Queue()
         cancelled: set[str] = set()
         speaker = asyncio.create_task(self._speak(ws, work, cancelled))
         try:
@@ -225,7 +235,14 @@ class Vendors:
                 if message.get("cancel"):
                     cancelled.add(message["context_id"])
                 else:
-                    await work.put(message)
+                    text = message.get("transcript", "").strip()
+                    rate = int(message["output_format"]["sample_rate"])
+                    speech = (
+                        asyncio.create_task(synthesize(text, rate, voice=BOT_VOICE))
+                        if text
+                        else None
+                    )
+                    await work.put((message, speech))
         finally:
             speaker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -233,21 +250,25 @@ class Vendors:
         return ws
 
     async def _speak(
-        self, ws: web.WebSocketResponse, work: asyncio.Queue[dict[str, Any]], cancelled: set[str]
+        self,
+        ws: web.WebSocketResponse,
+        work: asyncio.Queue[tuple[dict[str, Any], asyncio.Task[bytes] | None]],
+        cancelled: set[str],
     ) -> None:
         played: dict[str, float] = {}  # context id -> seconds of audio sent so far
         while True:
-            message = await work.get()
+            message, speech = await work.get()
             context = message["context_id"]
             if context in cancelled or ws.closed:
                 continue
             rate = int(message["output_format"]["sample_rate"])
             text = message.get("transcript", "").strip()
-            if text:
+            if speech is not None:
                 self.tts_texts.append(text)
-                pcm = await synthesize(text, rate, voice=BOT_VOICE)
+                pcm = await speech
                 start = played.get(context, 0.0)
                 words, starts, ends = _word_times(text, len(pcm) / 2 / rate, start)
+                self.word_times.setdefault(context, []).extend(zip(words, starts, strict=True))
                 await ws.send_json(
                     {
                         "type": "timestamps",

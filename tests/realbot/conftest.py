@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import AsyncIterator
+from types import ModuleType
 
 import pytest
 
@@ -25,7 +26,7 @@ pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture
-def bot(monkeypatch: pytest.MonkeyPatch, roark: LocalRoark) -> object:
+def bot(monkeypatch: pytest.MonkeyPatch, roark: LocalRoark) -> ModuleType:
     monkeypatch.setenv("ROARK_API_KEY", roark.api_key)
     monkeypatch.setenv("ROARK_BASE_URL", roark.base_url)
     return load_bot()

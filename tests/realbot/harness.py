@@ -3,25 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import importlib.util
 import io
-import socket
 import sys
 import time
 import wave
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from types import ModuleType
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import numpy as np
-import uvicorn
-from fastapi import FastAPI, WebSocket
-from pipecat.runner.types import WebSocketRunnerArguments
 
 from pipecat_roark_otel.devserver import LocalRoark
 
@@ -40,59 +35,6 @@ def load_bot() -> ModuleType:
     return module
 
 
-@dataclass
-class BotRuns:
-    """What happened to each ``bot()`` the server started."""
-
-    finished: int = 0
-    errors: list[BaseException] = field(default_factory=list)
-
-    async def wait_finished(self, n: int = 1, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while self.finished < n:
-            assert not self.errors, self.errors
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"bot() still running after {timeout} s")
-            await asyncio.sleep(0.05)
-
-
-@contextlib.asynccontextmanager
-async def phone_server(bot: Any) -> AsyncIterator[tuple[str, BotRuns]]:
-    """A FastAPI websocket endpoint handing each Twilio media stream to ``bot()``.
-
-    The same shape as Pipecat's development runner: accept, then
-    ``bot(WebSocketRunnerArguments(websocket=...))``.
-    """
-    runs = BotRuns()
-    app = FastAPI()
-
-    @app.websocket("/ws")
-    async def media_stream(websocket: WebSocket) -> None:
-        await websocket.accept()
-        try:
-            await bot.bot(WebSocketRunnerArguments(websocket=websocket))
-        except BaseException as exc:
-            runs.errors.append(exc)
-            raise
-        finally:
-            runs.finished += 1
-
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
-    serving = asyncio.create_task(server.serve(sockets=[sock]))
-    while not server.started:
-        assert not serving.done(), serving
-        await asyncio.sleep(0.01)
-    try:
-        yield f"ws://127.0.0.1:{port}/ws", runs
-    finally:
-        server.should_exit = True
-        await serving
-        sock.close()
-
-
 async def read_call(roark: LocalRoark, *, timeout: float = 30.0) -> dict[str, Any]:
     """The one call the local Roark holds, read over HTTP once ``call-ended`` is in."""
     headers = {"authorization": f"Bearer {roark.api_key}"}
@@ -106,9 +48,9 @@ async def read_call(roark: LocalRoark, *, timeout: float = 30.0) -> dict[str, An
                 raise TimeoutError(f"no ended call after {timeout} s: {calls}")
             await asyncio.sleep(0.1)
         assert len(calls) == 1, calls
-        call_id = calls[0]["pipecatCallId"]
-        call: dict[str, Any] = (await client.get(f"/api/calls/{call_id}")).json()["data"]
-        wav = await client.get(f"/api/calls/{call_id}/recording.wav")
+        path = f"/api/calls/{quote(calls[0]['pipecatCallId'], safe='')}"
+        call: dict[str, Any] = (await client.get(path)).json()["data"]
+        wav = await client.get(f"{path}/recording.wav")
         call["wav"] = wav.content if wav.status_code == 200 else None
     return call
 
@@ -134,8 +76,8 @@ class Recording:
         window = track[max(0, a) : max(0, b)]
         return float(np.sqrt(np.mean(window**2))) if window.size else 0.0
 
-    def loud_spans(self, track: np.ndarray, *, level: float = 300.0) -> list[tuple[int, int]]:
-        """(start, end) ms of stretches louder than ``level`` in 20 ms windows, gaps < 300 ms."""
+    def loud_spans(self, track: np.ndarray, *, level: float = 100.0) -> list[tuple[int, int]]:
+        """(start, end) ms of stretches above ``level`` RMS in 20 ms windows, gaps < 300 ms."""
         step = self.rate // 50
         n = track.size // step
         rms = np.sqrt(np.mean(track[: n * step].reshape(n, step) ** 2, axis=1))
@@ -182,3 +124,19 @@ def assert_user_turns_at_speech(caller: Any, transcript: list[dict[str, Any]]) -
         onset = iso(turn["timestamp"])
         assert began - USER_EDGE_MS / 1000 <= onset <= began + 0.5, (turn, began)
         assert onset < ended < iso(turn["endTimestamp"]) + USER_EDGE_MS / 1000, (turn, ended)
+
+
+def assert_only_heard_words(
+    vendors: Any, content: str, full: str, *, heard_s: float, played_s: float
+) -> None:
+    """A cut reply holds the words whose audio went out, and none after.
+
+    ``heard_s``: audio the caller had received; ``played_s``: what the bot had sent by the
+    cut. The words are those starting within them, give or take one.
+    """
+    words, every = content.split(), full.split()
+    assert 0 < len(words) < len(every), content
+    assert words == every[: len(words)], content
+    fewest = vendors.words_spoken_by(full, heard_s) - 1
+    most = vendors.words_spoken_by(full, played_s) + 1
+    assert fewest <= len(words) <= most, (content, fewest, most)

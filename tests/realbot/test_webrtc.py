@@ -1,0 +1,83 @@
+"""examples/bot.py behind Pipecat's SmallWebRTC transport, an aiortc caller over loopback."""
+
+from __future__ import annotations
+
+import time
+from types import ModuleType
+
+import pytest
+
+pytest.importorskip("aiortc", reason="the WebRTC caller needs aiortc: pip install -e '.[bot]'")
+
+from examples.offline.callers import WebRTCCaller
+from examples.offline.serve import webrtc_call
+from examples.offline.vendors import Agent, Vendors
+from pipecat_roark_otel.devserver import LocalRoark
+from pipecat_roark_otel.exporter import RoarkSpanExporter
+
+from .harness import (
+    Recording,
+    assert_audio_matches_turns,
+    assert_only_heard_words,
+    assert_user_turns_at_speech,
+    iso,
+    read_call,
+)
+
+ORDER = "I'd like to check on my order."
+BYE = "Great thanks bye."
+PLANS = "Tell me about your plans."
+
+
+async def test_a_complete_webrtc_call(
+    bot: ModuleType, vendors: Vendors, exporter: RoarkSpanExporter, roark: LocalRoark
+) -> None:
+    vendors.caller_lines = [ORDER, BYE]
+    caller = WebRTCCaller()
+    async with webrtc_call(bot, caller) as (pc_id, runs):
+        await caller.wait_for_bot()
+        await caller.say(ORDER)
+        await caller.wait_for_bot()
+        await caller.say(BYE)
+        await runs.wait_finished()  # the bot ends the call
+    assert exporter.force_flush(15_000)
+    call = await read_call(roark)
+    ended = call["ended"]
+    assert ended["pipecatCallId"] == pc_id
+    assert ended["callEndedReason"] == "agent-ended"
+    assert [(t["role"], t["content"]) for t in ended["transcript"]] == [
+        ("assistant", Agent.GREETING),
+        ("user", ORDER),
+        ("assistant", Agent.ORDER_STATUS),
+        ("user", BYE),
+        ("assistant", Agent.GOODBYE),
+    ]
+    rec = Recording.parse(call["wav"])
+    assert rec.channels == 2
+    assert rec.rate == ended["recordingSampleRate"]
+    assert_audio_matches_turns(rec, ended["transcript"])
+    assert_user_turns_at_speech(caller, ended["transcript"])
+
+
+async def test_webrtc_caller_hangs_up_mid_reply(
+    bot: ModuleType, vendors: Vendors, exporter: RoarkSpanExporter, roark: LocalRoark
+) -> None:
+    vendors.caller_lines = [PLANS]
+    caller = WebRTCCaller()
+    async with webrtc_call(bot, caller) as (_pc_id, runs):
+        await caller.wait_for_bot()
+        await caller.say(PLANS)
+        asked = time.time()
+        await caller.wait_for_bot_speech(2.0)
+        heard = caller.heard_since_bot_spoke(asked)
+        await caller.hang_up()  # the peer connection closes
+        hung_up_at = time.time()
+        await runs.wait_finished()
+    assert exporter.force_flush(15_000)
+    ended = (await read_call(roark))["ended"]
+
+    assert ended["callEndedReason"] == "client-disconnected"
+    assert [t["role"] for t in ended["transcript"]] == ["assistant", "user", "assistant"]
+    reply = ended["transcript"][-1]
+    played = hung_up_at - iso(reply["timestamp"])
+    assert_only_heard_words(vendors, reply["content"], Agent.LONG, heard_s=heard, played_s=played)
