@@ -33,12 +33,12 @@ async def call(roark: LocalRoark, spool: Path) -> dict[str, object]:
     os.environ.update(
         ROARK_API_KEY=roark.api_key, ROARK_BASE_URL=roark.base_url, ROARK_SPOOL_DIR=str(spool)
     )
-    async with Vendors(LINES) as vendors:
+    async with Vendors() as vendors:
         os.environ.update(vendors.env())
         import bot  # reads the environment when it builds the pipeline
 
         async with phone_server(bot.bot) as (url, runs):
-            caller = TwilioCaller(url, hangups=vendors.hangups)
+            caller = TwilioCaller(url, hangups=vendors.hangups, on_say=vendors.caller_says)
             await caller.dial()
             await caller.wait_for_bot()  # the greeting
             for line in LINES:

@@ -124,6 +124,8 @@ class _UserTurn:
     stopped: _Edge | None = None
     # The VAD's last speech offset in this turn; None while the caller is speaking.
     speech_stopped: _Edge | None = None
+    # Opened by a transcript of VAD speech before Pipecat started the user turn.
+    early: bool = False
     user_id: str | None = None
     language: str | None = None
 
@@ -209,6 +211,10 @@ class CallCapture:
             self._speech = (self._speech[0], offset)
 
     def user_started(self, now: int) -> list[Record]:
+        if self._user.early:
+            # Its transcript came first; this is the same speech's turn starting.
+            self._user.early = False
+            return []
         out = self._reply_ends_at_user_turn(now) + self.flush_user(now)
         # Pipecat's user turn starts when its turn strategy decides; speech began earlier.
         onset, offset = self._speech or (_edge(now), None)
@@ -249,8 +255,11 @@ class CallCapture:
         user = self._user
         if not user.parts and user.started is None:
             out = self._reply_ends_at_user_turn(now)
-            # Capture rule 6: no onset frame, so the frame's own time, else now.
-            if isinstance(frame_timestamp, str) and frame_timestamp:
+            # Capture rule 6: no onset frame, so the VAD's, else the frame's time, else now.
+            if self._speech is not None:
+                (user.started, user.speech_stopped), self._speech = self._speech, None
+                user.early = True
+            elif isinstance(frame_timestamp, str) and frame_timestamp:
                 user.started = _Edge(now, frame_timestamp)
             else:
                 user.started = _edge(now)

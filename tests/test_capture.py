@@ -281,6 +281,21 @@ def test_vad_edges_stamp_the_speech_not_the_turn_decision() -> None:
     assert (turn.timestamp, turn.end_timestamp) == (iso_from_ns(at(8000)), iso_from_ns(at(9000)))
 
 
+def test_a_transcript_ahead_of_its_turn_start_is_that_turn() -> None:
+    """Seen on a real bot under load: VAD start, VAD stop, the STT final, and only then
+    UserStartedSpeakingFrame. One turn, stamped at the VAD's speech."""
+    cap = CallCapture()
+    cap.speech_started(at(1200), 200 * MS)
+    cap.speech_stopped(at(2700), 200 * MS)
+    assert cap.transcription("I'd like to check on my order", False, at(3000)) == []
+    assert cap.user_started(at(3300)) == []
+    cap.user_stopped(at(4200))
+    [turn] = cap.bot_started(at(4500))
+    assert isinstance(turn, Turn)
+    assert turn.content == "I'd like to check on my order"
+    assert (turn.timestamp, turn.end_timestamp) == (iso_from_ns(at(1000)), iso_from_ns(at(2500)))
+
+
 def test_back_to_back_user_turns_stay_separate() -> None:
     """Capture rule 5: the next UserStartedSpeakingFrame closes the pending turn."""
     cap = CallCapture()

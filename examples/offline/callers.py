@@ -12,6 +12,7 @@ import contextlib
 import fractions
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -25,8 +26,9 @@ LOUD = 300.0  # RMS of 16-bit audio above which a frame is speech, not line nois
 class Caller:
     """The part both callers share: the microphone schedule and the ear."""
 
-    def __init__(self, mic_rate: int) -> None:
+    def __init__(self, mic_rate: int, on_say: Callable[[str], None] | None = None) -> None:
         self.mic_rate = mic_rate
+        self._on_say = on_say
         self.said: list[tuple[float, float, str]] = []  # (start, end) wall clock, text
         self.heard: list[tuple[float, bytes]] = []  # arrival wall clock, 16-bit mono PCM
         self.heard_rate = mic_rate
@@ -46,6 +48,8 @@ class Caller:
     async def say(self, text: str) -> None:
         """Speak ``text`` and return when the last of it has gone out."""
         pcm = await synthesize(text, self.mic_rate)
+        if self._on_say:
+            self._on_say(text)
         start = time.time()
         self._mic.extend(pcm)
         while self._mic:
@@ -60,7 +64,7 @@ class Caller:
         if rms(pcm) > LOUD:
             self._last_loud = now
 
-    async def wait_for_bot(self, *, quiet: float = 1.2, timeout: float = 30.0) -> None:
+    async def wait_for_bot(self, *, quiet: float = 1.2, timeout: float = 60.0) -> None:
         """Wait until the bot has spoken since now and then been quiet for ``quiet`` s."""
         since = time.time()
         deadline = since + timeout
@@ -70,7 +74,7 @@ class Caller:
             await asyncio.sleep(0.05)
         raise TimeoutError(f"the bot did not speak and finish within {timeout} s")
 
-    async def wait_for_bot_speech(self, seconds: float, *, timeout: float = 30.0) -> None:
+    async def wait_for_bot_speech(self, seconds: float, *, timeout: float = 60.0) -> None:
         """Wait until ``seconds`` of loud bot audio have arrived since now."""
         since = time.time()
         deadline = since + timeout
@@ -101,8 +105,14 @@ class TwilioCaller(Caller):
     Audio both ways is 8 kHz μ-law. A REST hang-up from the bot ends the stream.
     """
 
-    def __init__(self, url: str, *, hangups: dict[str, asyncio.Event] | None = None) -> None:
-        super().__init__(8000)
+    def __init__(
+        self,
+        url: str,
+        *,
+        hangups: dict[str, asyncio.Event] | None = None,
+        on_say: Callable[[str], None] | None = None,
+    ) -> None:
+        super().__init__(8000, on_say)
         self.url = url
         self.call_sid = "CA" + "0" * 31 + "1"
         self.stream_sid = "MZ" + "0" * 31 + "1"
@@ -198,8 +208,8 @@ class TwilioCaller(Caller):
 class WebRTCCaller(Caller):
     """An aiortc peer: the microphone is an audio track, the bot's track is recorded."""
 
-    def __init__(self, rate: int = 48000) -> None:
-        super().__init__(rate)
+    def __init__(self, rate: int = 48000, on_say: Callable[[str], None] | None = None) -> None:
+        super().__init__(rate, on_say)
         from aiortc import RTCPeerConnection
 
         self.pc = RTCPeerConnection()

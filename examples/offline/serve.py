@@ -23,7 +23,7 @@ class BotRuns:
     finished: int = 0
     errors: list[BaseException] = field(default_factory=list)
 
-    async def wait_finished(self, n: int = 1, timeout: float = 30.0) -> None:
+    async def wait_finished(self, n: int = 1, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
         while self.finished < n:
             assert not self.errors, self.errors

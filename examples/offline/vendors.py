@@ -4,8 +4,8 @@ Pipecat's own service classes talk to them through their own URL settings:
 
 - Deepgram live transcription (``DeepgramSTTService(base_url=...)``): a websocket at
   ``/v1/listen`` taking linear16 audio; each ``Finalize`` (Pipecat sends one when the VAD
-  says the caller stopped) is answered with the next line of the caller's script as a
-  final ``Results`` message.
+  says the caller stopped) is answered with a final ``Results`` message holding the line
+  the caller started saying since the last one (``caller_says``), or nothing.
 - OpenAI chat completions (``OpenAILLMService(base_url=...)``): ``POST /v1/chat/completions``
   streamed as server-sent events, text and tool calls, chosen by ``Agent`` from the
   conversation so far.
@@ -80,10 +80,10 @@ def _text(message: dict[str, Any]) -> str:
 
 
 class Vendors:
-    """The three stand-ins on ``127.0.0.1``; use as ``async with Vendors(script) as v``."""
+    """The stand-ins on ``127.0.0.1``; use as ``async with Vendors() as v``."""
 
-    def __init__(self, caller_lines: list[str], agent: Agent | None = None) -> None:
-        self.caller_lines = list(caller_lines)
+    def __init__(self, agent: Agent | None = None) -> None:
+        self.caller_lines: list[str] = []  # said, not yet transcribed
         self.agent = agent or Agent()
         self.chat_requests: list[dict[str, Any]] = []
         self.tts_texts: list[str] = []
@@ -93,6 +93,10 @@ class Vendors:
         self._ids = itertools.count(1)
         self._runner: web.AppRunner | None = None
         self.port = 0
+
+    def caller_says(self, line: str) -> None:
+        """The caller starts saying ``line``: the transcript of its next utterance."""
+        self.caller_lines.append(line)
 
     @property
     def deepgram_url(self) -> str:

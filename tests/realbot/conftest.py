@@ -34,8 +34,8 @@ def bot(monkeypatch: pytest.MonkeyPatch, roark: LocalRoark) -> ModuleType:
 
 @pytest.fixture
 async def vendors(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Vendors]:
-    """The stand-ins; a test sets ``vendors.caller_lines`` to what its caller will say."""
-    async with Vendors([]) as v:
+    """The stand-ins; callers tell them what they say (``on_say=vendors.caller_says``)."""
+    async with Vendors() as v:
         for name, value in v.env().items():
             monkeypatch.setenv(name, value)
         yield v

@@ -32,8 +32,7 @@ PLANS = "Tell me about your plans."
 async def test_a_complete_webrtc_call(
     bot: ModuleType, vendors: Vendors, exporter: RoarkSpanExporter, roark: LocalRoark
 ) -> None:
-    vendors.caller_lines = [ORDER, BYE]
-    caller = WebRTCCaller()
+    caller = WebRTCCaller(on_say=vendors.caller_says)
     async with webrtc_call(bot, caller) as (pc_id, runs):
         await caller.wait_for_bot()
         await caller.say(ORDER)
@@ -62,8 +61,7 @@ async def test_a_complete_webrtc_call(
 async def test_webrtc_caller_hangs_up_mid_reply(
     bot: ModuleType, vendors: Vendors, exporter: RoarkSpanExporter, roark: LocalRoark
 ) -> None:
-    vendors.caller_lines = [PLANS]
-    caller = WebRTCCaller()
+    caller = WebRTCCaller(on_say=vendors.caller_says)
     async with webrtc_call(bot, caller) as (_pc_id, runs):
         await caller.wait_for_bot()
         await caller.say(PLANS)
