@@ -76,7 +76,7 @@ class Recording:
         window = track[max(0, a) : max(0, b)]
         return float(np.sqrt(np.mean(window**2))) if window.size else 0.0
 
-    def loud_spans(self, track: np.ndarray, *, level: float = 100.0) -> list[tuple[int, int]]:
+    def loud_spans(self, track: np.ndarray, *, level: float = 30.0) -> list[tuple[int, int]]:
         """(start, end) ms of stretches above ``level`` RMS in 20 ms windows, gaps < 300 ms."""
         step = self.rate // 50
         n = track.size // step
@@ -95,10 +95,10 @@ def iso(ts: str) -> float:
     return datetime.fromisoformat(ts).timestamp()
 
 
-# How far Pipecat's Silero VAD onset and offset may sit from the speech's energy: it
-# confirms speech once its confidence and smoothed volume have risen, which lags a soft
-# onset. The bot's edges come from the audio it played, so they sit tighter.
-USER_EDGE_MS = 300
+# How far Pipecat's Silero VAD onset and offset may sit from the speech's energy: its
+# confidence and smoothed volume rise late on a soft onset ("Gr...") and decay slowly after
+# the last word (measured: up to ~490 ms). The bot's edges come from the audio it played.
+USER_EDGE_MS = 500
 BOT_EDGE_MS = 100
 
 

@@ -2,26 +2,28 @@
 
 from __future__ import annotations
 
+from types import ModuleType
+
 from opentelemetry.trace import StatusCode
 
 from examples.offline.callers import TwilioCaller
+from examples.offline.serve import phone_server
 from examples.offline.vendors import Vendors
 from pipecat_roark_otel import semconv as sc
 from pipecat_roark_otel.devserver import LocalRoark
 from pipecat_roark_otel.exporter import RoarkSpanExporter
 
 from ..conftest import Otel
-from .harness import phone_server, read_call
+from .harness import read_call
 
 ORDER = "I'd like to check on my order."
 
 
 async def test_latency_breakdown_and_tool_spans(
-    bot: object, vendors: Vendors, exporter: RoarkSpanExporter, roark: LocalRoark, otel: Otel
+    bot: ModuleType, vendors: Vendors, exporter: RoarkSpanExporter, roark: LocalRoark, otel: Otel
 ) -> None:
-    vendors.caller_lines = [ORDER]
-    async with phone_server(bot) as (url, runs):
-        caller = TwilioCaller(url, hangups=vendors.hangups)
+    async with phone_server(bot.bot) as (url, runs):
+        caller = TwilioCaller(url, hangups=vendors.hangups, on_say=vendors.caller_says)
         await caller.dial()
         await caller.wait_for_bot()
         await caller.say(ORDER)
