@@ -8,25 +8,21 @@ from types import ModuleType
 
 import pytest
 
-for extra in ("deepgram", "openai", "onnxruntime", "fastapi", "uvicorn", "aiohttp"):
-    pytest.importorskip(extra, reason="install the bot extra: pip install -e '.[bot]'")
+from examples.offline.vendors import Vendors
+from pipecat_roark_otel.devserver import LocalRoark
 
-if shutil.which("espeak-ng") is None:
-    pytest.skip(
-        "espeak-ng speaks the caller's lines (Debian: apt-get install espeak-ng)",
-        allow_module_level=True,
-    )
+from .harness import load_bot
 
-from examples.offline.vendors import Vendors  # noqa: E402
-from pipecat_roark_otel.devserver import LocalRoark  # noqa: E402
-
-from .harness import load_bot  # noqa: E402
-
-pytestmark = pytest.mark.e2e
+BOT_EXTRA = "install the bot extra: pip install -e '.[bot]'"
 
 
 @pytest.fixture
 def bot(monkeypatch: pytest.MonkeyPatch, roark: LocalRoark) -> ModuleType:
+    """examples/bot.py, its keys and Roark settings in the environment."""
+    for extra in ("deepgram", "openai", "onnxruntime"):
+        pytest.importorskip(extra, reason=BOT_EXTRA)
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("espeak-ng speaks the caller's lines (Debian: apt-get install espeak-ng)")
     monkeypatch.setenv("ROARK_API_KEY", roark.api_key)
     monkeypatch.setenv("ROARK_BASE_URL", roark.base_url)
     return load_bot()
@@ -39,3 +35,8 @@ async def vendors(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Vendors]:
         for name, value in v.env().items():
             monkeypatch.setenv(name, value)
         yield v
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # Real-time calls run last: the slowest tests should not hold up everyone else's.
+    items[:] = sorted(items, key=lambda item: "tests/realbot/" in str(item.path))

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 from types import ModuleType
 
+import pytest
+
+pytest.importorskip("fastapi", reason="install the bot extra: pip install -e '.[bot]'")
+pytest.importorskip("uvicorn", reason="install the bot extra: pip install -e '.[bot]'")
+
 from opentelemetry.trace import StatusCode
 
 from examples.offline.callers import TwilioCaller

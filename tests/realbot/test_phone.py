@@ -6,6 +6,11 @@ import asyncio
 import time
 from types import ModuleType
 
+import pytest
+
+pytest.importorskip("fastapi", reason="install the bot extra: pip install -e '.[bot]'")
+pytest.importorskip("uvicorn", reason="install the bot extra: pip install -e '.[bot]'")
+
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from pipecat.pipeline.runner import PipelineRunner

@@ -7,6 +7,8 @@ from types import ModuleType
 
 import pytest
 
+pytest.importorskip("fastapi", reason="install the bot extra: pip install -e '.[bot]'")
+pytest.importorskip("uvicorn", reason="install the bot extra: pip install -e '.[bot]'")
 pytest.importorskip("aiortc", reason="the WebRTC caller needs aiortc: pip install -e '.[bot]'")
 
 from examples.offline.callers import WebRTCCaller
