@@ -228,6 +228,11 @@ class _Router(SpanProcessor):
     def force_flush(self, timeout_millis: int = 30_000) -> bool:
         return all(t.force_flush(timeout_millis) for t in self.targets)
 
+    @property
+    def _span_processors(self) -> tuple[SpanProcessor, ...]:
+        # Read like the SDK's multi-processor, so the observer finds its exporter behind us.
+        return tuple(self.targets)
+
 
 class NullExporter(SpanExporter):
     """Stands in for the user's OTLP backend in the tracing runs."""
@@ -306,6 +311,7 @@ def make_observer(variant: str) -> tuple[BaseObserver | None, FrameProcessor | N
             agent_id="bench-agent",
             conversation_id=f"bench-{uuid.uuid4()}",
             record_audio=kind != "ours_norec",
+            exporter=otel().exporter,
         )
         return ours, (ours.audio_processor if kind == "ours_spliced" else None)
     raise ValueError(f"unknown variant {variant!r}")

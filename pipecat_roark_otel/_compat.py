@@ -1,4 +1,4 @@
-"""Every touch of Pipecat internals and version differences lives here."""
+"""Every touch of Pipecat (and OTel SDK) internals and version differences lives here."""
 
 from __future__ import annotations
 
@@ -9,6 +9,9 @@ from collections.abc import Mapping
 from typing import Any, cast
 
 from opentelemetry.context import Context
+from opentelemetry.sdk.trace import SpanLimits
+from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
+from opentelemetry.sdk.trace.export import SpanExporter
 from opentelemetry.util.types import AttributeValue
 from pipecat.frames.frames import StartFrame
 from pipecat.processors.audio.audio_buffer_processor import AudioBufferProcessor
@@ -228,3 +231,24 @@ async def start_recording(processor: Any) -> None:
 
 async def stop_recording(processor: Any) -> None:
     await processor.stop_recording()
+
+
+def sdk_provider_parts(provider: SdkTracerProvider) -> tuple[SpanLimits, list[SpanExporter]]:
+    """An SDK provider's span limits and the exporters behind its processors.
+
+    The SDK has no public accessor for either: its private fields are read here only.
+    Multi-processors are walked (``_span_processors``); Batch/Simple expose ``span_exporter``.
+    """
+    limits = getattr(provider, "_span_limits", None)
+    exporters: list[SpanExporter] = []
+    pending: list[Any] = [getattr(provider, "_active_span_processor", None)]
+    while pending:
+        processor = pending.pop(0)
+        children = getattr(processor, "_span_processors", None)
+        if isinstance(children, (tuple, list)):
+            pending[:0] = children
+            continue
+        exporter = getattr(processor, "span_exporter", None)
+        if isinstance(exporter, SpanExporter):
+            exporters.append(exporter)
+    return (limits if isinstance(limits, SpanLimits) else SpanLimits()), exporters

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Final
 
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import SpanLimits
@@ -16,18 +17,17 @@ from ._capture import Record, ToolCall, ToolResult, Turn
 # Below the SDK's default of 128 events per span, which drops the overflow silently.
 _MAX_SEGMENT_EVENTS = 64
 
+# The most attributes one of our spans / events carries with no value-length limit,
+# the user's custom call attributes aside (tests/test_otel_config.py holds calls to them).
+MAX_SPAN_ATTRIBUTES: Final = 15
+MAX_EVENT_ATTRIBUTES: Final = 16
 
-def segment_capacity() -> int:
-    """Events per segment span, within the SDK limit in force (``OTEL_SPAN_EVENT_COUNT_LIMIT``)."""
-    limit = SpanLimits().max_events
-    if limit is None:
+
+def segment_capacity(limits: SpanLimits) -> int:
+    """Events per segment span, within the provider's ``max_events``."""
+    if limits.max_events is None:
         return _MAX_SEGMENT_EVENTS
-    return max(1, min(_MAX_SEGMENT_EVENTS, limit))
-
-
-def value_limit() -> int | None:
-    """``OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT``: longer strings would be cut by the SDK."""
-    return SpanLimits().max_attribute_length
+    return max(1, min(_MAX_SEGMENT_EVENTS, limits.max_events))
 
 
 def _put_text(attrs: dict[str, AttributeValue], key: str, value: str, limit: int | None) -> None:
@@ -62,7 +62,7 @@ def record_event(
         _put(attrs, sc.USAGE_INPUT_TOKENS, record.input_tokens)
         _put(attrs, sc.USAGE_OUTPUT_TOKENS, record.output_tokens)
         return sc.EVENT_TURN, attrs, record.onset_ns
-    attrs[sc.TOOL_CALL_ID] = record.tool_call_id
+    _put_text(attrs, sc.TOOL_CALL_ID, record.tool_call_id, limit)
     _put(attrs, sc.AUDIO_OFFSET_MS, record.audio_offset_ms)
     if isinstance(record, ToolCall):
         attrs[sc.TOOL_NAME] = record.name
@@ -85,11 +85,44 @@ class CallIdentity:
     agent_name: str | None
     agent_prompt: str | None
 
-    def id_attributes(self) -> dict[str, AttributeValue]:
-        return {
-            sc.CONVERSATION_ID: self.conversation_id,
-            sc.GEN_AI_CONVERSATION_ID: self.conversation_id,
-        }
+    def id_attributes(self, limit: int | None) -> dict[str, AttributeValue]:
+        """Identifiers are split like long texts: Roark reads them back whole."""
+        attrs: dict[str, AttributeValue] = {}
+        _put_text(attrs, sc.CONVERSATION_ID, self.conversation_id, limit)
+        attrs[sc.GEN_AI_CONVERSATION_ID] = self.conversation_id
+        return attrs
+
+    def start_attributes(
+        self, started_at: str | None, limit: int | None
+    ) -> dict[str, AttributeValue]:
+        attrs = self.id_attributes(limit)
+        _put_text(attrs, sc.AGENT_ID, self.agent_id, limit)
+        _put(attrs, sc.CALL_STARTED_AT, started_at)
+        return attrs
+
+
+def start_call_span(
+    tracer: Tracer,
+    identity: CallIdentity,
+    *,
+    parent: Context | None,
+    start_ns: int,
+    started_at: str | None,
+    limits: SpanLimits,
+    custom: Mapping[str, AttributeValue] | None = None,
+) -> Span:
+    """The ``roark.call`` span alone: its sampling decision is known before the rest is written.
+
+    The user's ``custom`` attributes go first: under a count limit the SDK drops the oldest.
+    """
+    ours = identity.start_attributes(started_at, limits.max_span_attribute_length)
+    return tracer.start_span(
+        sc.SPAN_CALL,
+        context=parent,
+        kind=SpanKind.INTERNAL,
+        attributes={**(custom or {}), **ours},
+        start_time=start_ns,
+    )
 
 
 class CallRecord:
@@ -100,35 +133,41 @@ class CallRecord:
         tracer: Tracer,
         identity: CallIdentity,
         *,
-        parent: Context | None,
+        parent: Context | None = None,
         start_ns: int,
         started_at: str | None,
+        limits: SpanLimits | None = None,
+        call_span: Span | None = None,
         custom: Mapping[str, AttributeValue] | None = None,
     ) -> None:
         """``started_at`` is None for a call that ended before it started: no call-started.
 
-        ``custom``: the user's own attributes for the call span (validated, never ours).
+        ``limits`` are the provider's (default: the ``OTEL_*`` ones); ``call_span``, if
+        given, was started by ``start_call_span`` on the same provider. ``custom``: the
+        user's own attributes for the call span (validated, never ours).
         """
+        limits = limits or SpanLimits()
         self._tracer = tracer
         self._identity = identity
-        self._capacity = segment_capacity()
-        self._limit = value_limit()
+        self._capacity = segment_capacity(limits)
+        self._limit = limits.max_attribute_length
+        self._span_limit = limits.max_span_attribute_length
         self._closed = False
-        ids = identity.id_attributes()
-        start_attrs: dict[str, AttributeValue] = {**ids, sc.AGENT_ID: identity.agent_id}
-        _put(start_attrs, sc.CALL_STARTED_AT, started_at)
-        self.call_span: Span = tracer.start_span(
-            sc.SPAN_CALL,
-            context=parent,
-            kind=SpanKind.INTERNAL,
-            attributes={**(custom or {}), **start_attrs},
-            start_time=start_ns,
+        self.call_span = call_span or start_call_span(
+            tracer,
+            identity,
+            parent=parent,
+            start_ns=start_ns,
+            started_at=started_at,
+            limits=limits,
+            custom=custom,
         )
         self._call_ctx = set_span_in_context(self.call_span)
         if started_at is not None:
+            start_attrs = identity.start_attributes(started_at, self._span_limit)
             _put(start_attrs, sc.AGENT_NAME, identity.agent_name or None)
             if identity.agent_prompt:
-                _put_text(start_attrs, sc.AGENT_PROMPT, identity.agent_prompt, self._limit)
+                _put_text(start_attrs, sc.AGENT_PROMPT, identity.agent_prompt, self._span_limit)
             self.call_span.add_event(sc.EVENT_CALL_STARTED, timestamp=start_ns)
             # Ended at once: call-started must not wait for the call to end.
             tracer.start_span(
@@ -146,8 +185,9 @@ class CallRecord:
         self.tool_events = 0
 
     @property
-    def trace_id(self) -> str:
-        return format(self.call_span.get_span_context().trace_id, "032x")
+    def trace_id(self) -> str | None:
+        context = self.call_span.get_span_context()
+        return format(context.trace_id, "032x") if context.is_valid else None
 
     def add(self, records: list[Record]) -> None:
         for record in records:
@@ -160,7 +200,7 @@ class CallRecord:
                     sc.SPAN_CALL_SEGMENT,
                     context=self._call_ctx,
                     attributes={
-                        **self._identity.id_attributes(),
+                        **self._identity.id_attributes(self._span_limit),
                         sc.SEGMENT_INDEX: self.segments,
                     },
                     start_time=ts,

@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import trace
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.trace import TracerProvider
 from opentelemetry.util.types import AttributeValue
 from pipecat.frames.frames import (
@@ -42,18 +38,18 @@ from pipecat.processors.audio.audio_buffer_processor import AudioBufferProcessor
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipecat.utils.asyncio.task_manager import BaseTaskManager
 
-from . import _attributes, _compat, _errors
+from . import _attributes, _compat, _errors, _roark_path
 from . import semconv as sc
 from ._capture import CallCapture, Record, Redactor, Role, iso_from_ns, redacted
 from ._identity import initial_call_id
-from ._record import CallIdentity, CallRecord
-from ._version import __version__
+from ._record import CallIdentity
+from ._roark_path import CallWriter
 from .audio._chunks import ChunkSink, ChunkTarget, TraceBoundTarget
 from .audio._processor import RoarkAudioRecorder
 from .audio._recorder import ObservedRecorder
 from .audio._timeline import RecordingTimeline
 from .config import RoarkSettings, resolve_settings
-from .exporter._exporter import RoarkSpanExporter, active_exporter
+from .exporter._exporter import RoarkSpanExporter
 
 if TYPE_CHECKING:
     # Pipecat >= 1.10 only; older releases never call on_processor_setup.
@@ -63,31 +59,6 @@ if TYPE_CHECKING:
 AUDIO_HANDLER_TIMEOUT_S = 10.0
 
 Handler = Callable[[FramePushed], Awaitable[None] | None]
-
-# One private provider per destination, for users with no SDK provider configured.
-_private_lock = threading.Lock()
-_private_providers: dict[RoarkSettings, SdkTracerProvider] = {}
-
-
-def _private_provider(settings: RoarkSettings) -> SdkTracerProvider:
-    with _private_lock:
-        provider = _private_providers.get(settings)
-        if provider is None:
-            provider = SdkTracerProvider(
-                resource=Resource.create({"service.name": "pipecat-roark-otel"})
-            )
-            provider.add_span_processor(
-                BatchSpanProcessor(
-                    RoarkSpanExporter(
-                        api_key=settings.api_key,
-                        base_url=settings.base_url,
-                        spool_dir=settings.spool_dir,
-                    ),
-                    schedule_delay_millis=200,
-                )
-            )
-            _private_providers[settings] = provider
-        return provider
 
 
 def _secs_ns(value: object) -> int:
@@ -104,8 +75,10 @@ def _end_reason(frame: Frame) -> str:
 class RoarkObserver(BaseObserver):
     """Writes a Pipecat call as OTel spans and events keyed by ``conversation.id``.
 
-    A ``RoarkSpanExporter`` on the tracer provider turns that record into Roark's
-    webhooks; with no SDK provider configured, the observer sets one up privately.
+    Roark's destination is ``exporter`` if given, else the ``RoarkSpanExporter`` on
+    the tracer provider; with no SDK provider configured, the observer sets one up
+    privately. Where the provider's sampler or span limits would cut the call,
+    Roark's copy takes its own path (``_roark_path``).
 
     ``recording_target``: where the recording's chunks go. By default the Roark
     exporter's outbox in this process; in a fleet, ``OTLPRecordingTarget(logger_provider)``
@@ -125,6 +98,7 @@ class RoarkObserver(BaseObserver):
         pipecat_call_id: str | None = None,
         runner_args: object = None,
         tracer_provider: TracerProvider | None = None,
+        exporter: RoarkSpanExporter | None = None,
         audio_buffer_processor: AudioBufferProcessor | None = None,
         record_audio: bool = True,
         redact: Redactor | None = None,
@@ -139,11 +113,22 @@ class RoarkObserver(BaseObserver):
             raise ValueError(
                 "conversation_id and pipecat_call_id name the same id; pass one of them"
             )
+        if exporter is not None and not isinstance(exporter, RoarkSpanExporter):
+            raise ValueError("exporter must be a RoarkSpanExporter (Roark's destination)")
+        if exporter is not None and (api_key is not None or base_url is not None):
+            raise ValueError(
+                "exporter and api_key/base_url both name Roark's destination; pass one of them"
+            )
+        self._exporter = exporter
         # Fleet mode: chunks leave as OTLP logs, spans through the user's OTLP exporter,
         # so this host needs no Roark key.
         self._recording_target = recording_target
         fleet = recording_target is not None and api_key is None
-        self._settings = None if fleet else self._resolve_settings(api_key, base_url)
+        self._settings = (
+            None
+            if exporter or fleet
+            else self._resolve_settings(api_key, base_url, tracer_provider)
+        )
         self._custom = _attributes.resolve(attributes)
         self._conversation_id, self._id_is_explicit = initial_call_id(
             conversation_id or pipecat_call_id, runner_args
@@ -151,7 +136,6 @@ class RoarkObserver(BaseObserver):
         self._identity_synced = False
         self._agent = (agent_id, agent_name, agent_prompt)
         self._tracer_provider = tracer_provider
-        self._private: SdkTracerProvider | None = None
         self._chunks = ChunkSink()
         # The recording: from observed frames unless a processor of ours or the user's
         # records (decided at the StartFrame); never both.
@@ -170,7 +154,7 @@ class RoarkObserver(BaseObserver):
         self._capture = CallCapture()
         if audio_buffer_processor is None:
             self._capture.position_ms = self._recording_position
-        self._record: CallRecord | None = None
+        self._record: CallWriter | None = None
         self._pending: list[Record] = []
         self._tracing = _compat.PipecatTracing(None)
         self._clock_offset: int | None = None
@@ -180,12 +164,15 @@ class RoarkObserver(BaseObserver):
         self._dispatch: dict[type, Handler | None] = {}
 
     @staticmethod
-    def _resolve_settings(api_key: str | None, base_url: str | None) -> RoarkSettings | None:
-        """Our own settings, or None to follow the RoarkSpanExporter already made."""
+    def _resolve_settings(
+        api_key: str | None, base_url: str | None, provider: TracerProvider | None
+    ) -> RoarkSettings | None:
+        """Our own settings, or None to follow the RoarkSpanExporter on the provider."""
         try:
             return resolve_settings(api_key=api_key, base_url=base_url)
         except ValueError:
-            if api_key is None and active_exporter() is not None:
+            seen = _roark_path.view(provider or trace.get_tracer_provider())
+            if api_key is None and seen.exporters:
                 return None
             raise
 
@@ -584,16 +571,6 @@ class RoarkObserver(BaseObserver):
                 self._conversation_id,
             )
 
-    def _provider(self) -> TracerProvider:
-        if self._tracer_provider is not None:
-            return self._tracer_provider
-        provider = trace.get_tracer_provider()
-        if isinstance(provider, SdkTracerProvider) or self._settings is None:
-            return provider
-        # Zero config: no SDK anywhere, so deliver through a provider of our own.
-        self._private = _private_provider(self._settings)
-        return self._private
-
     async def _open(self, *, started: bool) -> None:
         if self._record is not None:
             return
@@ -606,31 +583,20 @@ class RoarkObserver(BaseObserver):
         if parent is None:
             parent = self._tracing.conversation_context()
         self._follow_pipecat_id()
-        provider = self._provider()
-        exporter = active_exporter()
-        if (
-            exporter is None
-            and self._recording_target is None
-            and isinstance(provider, SdkTracerProvider)
-            and _errors.should_log("no_exporter")
-        ):
-            _errors.logger.warning(
-                "No RoarkSpanExporter on the TracerProvider: Roark will not receive call %s. "
-                "Add provider.add_span_processor(BatchSpanProcessor(RoarkSpanExporter())).",
-                self._conversation_id,
-            )
-        tracer = provider.get_tracer(sc.INSTRUMENTATION_SCOPE, __version__)
         start_ns = time.time_ns()
         agent_id, agent_name, agent_prompt = self._agent
-        self._record = CallRecord(
-            tracer,
+        self._record = _roark_path.open_call(
+            self._tracer_provider or trace.get_tracer_provider(),
             CallIdentity(self._conversation_id, agent_id, agent_name, agent_prompt),
+            exporter=self._exporter,
+            settings=self._settings,
+            warn_without_exporter=self._recording_target is None,
             parent=parent,
             start_ns=start_ns,
             started_at=iso_from_ns(start_ns) if started else None,
             custom=self._custom,
         )
-        target = self._recording_target or (exporter.engine if exporter else None)
+        target = self._recording_target or self._record.target
         if isinstance(target, TraceBoundTarget):
             target.bind_call(self._conversation_id, self._record.call_span.get_span_context())
         self._chunks.attach(target, self._conversation_id)
@@ -670,9 +636,7 @@ class RoarkObserver(BaseObserver):
                     self._conversation_id,
                 )
             self._record.close(attrs, end_ns=time.time_ns())
-            if self._private is not None:
-                # Nobody else flushes our private provider: hand the call to the outbox now.
-                await asyncio.to_thread(self._private.force_flush, 5_000)
+            await self._record.flush()
 
     async def _close_recording(self) -> None:
         """Capture rule 14: the tail reaches the outbox before the call span ends."""

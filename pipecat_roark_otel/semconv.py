@@ -89,6 +89,10 @@ CONTENT_ATTRIBUTES: Final = frozenset(
     {TURN_CONTENT, TOOL_ARGUMENTS, TOOL_RESULT, AGENT_PROMPT, TURN_USER_ID}
 )
 
+# Instrumentation-scope attribute, true on a call's copy written only for the user's
+# trace backend because Roark's copy took its own path: RoarkSpanExporter skips it.
+SCOPE_BACKEND_COPY: Final = "roark.backend_copy"
+
 SPAN_NAMES: Final = frozenset({SPAN_CALL, SPAN_CALL_START, SPAN_CALL_SEGMENT})
 
 # What custom attributes (``RoarkObserver(attributes=...)``) may not set: every name

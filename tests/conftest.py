@@ -50,6 +50,11 @@ class _Router(SpanProcessor):
     def force_flush(self, timeout_millis: int = 30_000) -> bool:
         return all(t.force_flush(timeout_millis) for t in list(self.targets))
 
+    @property
+    def _span_processors(self) -> tuple[SpanProcessor, ...]:
+        # Read like the SDK's multi-processor, so the observer finds its exporter behind us.
+        return tuple(self.targets)
+
 
 ROUTER = _Router()
 PROVIDER = TracerProvider()

@@ -57,13 +57,24 @@ def test_defaults_and_repr_hide_the_key(tmp_path: Path) -> None:
     assert "rk_live_secret" not in repr(settings)
 
 
-def test_observer_follows_an_existing_exporter(tmp_path: Path) -> None:
+def test_observer_follows_an_exporter_handed_to_it_or_on_its_provider(tmp_path: Path) -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
     exporter = RoarkSpanExporter(
         api_key="rk_test_x", base_url="http://127.0.0.1:9", spool_dir=tmp_path
     )
     try:
-        observer = RoarkObserver(agent_id="a")  # no key of its own: the exporter delivers
-        assert observer.conversation_id
+        # No key of its own: the exporter delivers.
+        assert RoarkObserver(agent_id="a", exporter=exporter).conversation_id
+        provider = TracerProvider()
+        provider.add_span_processor(BatchSpanProcessor(exporter))
+        assert RoarkObserver(agent_id="a", tracer_provider=provider).conversation_id
+        # An exporter that exists somewhere in the process is not this observer's.
+        with pytest.raises(ValueError, match="ROARK_API_KEY"):
+            RoarkObserver(agent_id="a", tracer_provider=TracerProvider())
+        with pytest.raises(ValueError, match="exporter"):
+            RoarkObserver(agent_id="a", exporter=exporter, api_key="rk_other")
     finally:
         exporter.shutdown()
 

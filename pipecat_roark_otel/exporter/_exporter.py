@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import threading
-import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,27 +15,14 @@ from ..config import RoarkSettings, resolve_settings
 from ._engine import Engine, engine_for
 from ._translate import is_ours, span_call_id, translate
 
-# Guards _live: exporters are made on any thread; the observer reads it on the loop.
-_live_lock = threading.Lock()
-_live: list[weakref.ref[RoarkSpanExporter]] = []
-
-
-def active_exporter() -> RoarkSpanExporter | None:
-    """The most recently created exporter that is not shut down."""
-    with _live_lock:
-        for ref in reversed(_live):
-            exporter = ref()
-            if exporter is not None and not exporter._shut_down:
-                return exporter
-    return None
-
 
 class RoarkSpanExporter(SpanExporter):
     """Turns the call record into Roark webhooks, through an outbox on disk.
 
     ``export()`` never touches the network: it writes the call's items to the
     spool and returns, and a background thread delivers them in per-call order.
-    Spans that are not ours are skipped at the cost of one attribute check.
+    Spans that are not ours (or are the trace backend's copy of a call that
+    reached Roark by its own path) are skipped at the cost of one attribute check.
     """
 
     def __init__(
@@ -53,9 +38,6 @@ class RoarkSpanExporter(SpanExporter):
         )
         self._engine: Engine = engine_for(self.settings, transport=transport)
         self._shut_down = False
-        with _live_lock:
-            _live[:] = [r for r in _live if r() is not None]
-            _live.append(weakref.ref(self))
 
     @property
     def engine(self) -> Engine:

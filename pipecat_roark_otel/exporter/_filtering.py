@@ -78,6 +78,11 @@ class ContentFilteringSpanExporter(SpanExporter):
         self._names = frozenset(attributes)
         self._pipecat_names = frozenset(pipecat_attributes)
 
+    @property
+    def exporter(self) -> SpanExporter:
+        """The wrapped exporter."""
+        return self._exporter
+
     def _filtered(self, span: ReadableSpan) -> ReadableSpan:
         if from_us(span):
             return strip_content(span, self._names)

@@ -33,8 +33,15 @@ def from_us(span: ReadableSpan) -> bool:
 
 
 def is_ours(span: ReadableSpan) -> bool:
-    """One of the spans that carry Roark's record; tool spans are for trace backends only."""
-    return span.name in sc.SPAN_NAMES and from_us(span)
+    """One of the spans that carry Roark's record.
+
+    Not tool spans (for trace backends only), nor the trace backend's copy of a call
+    whose record went to Roark by its own path (``_roark_path``).
+    """
+    if span.name not in sc.SPAN_NAMES or not from_us(span):
+        return False
+    scope = span.instrumentation_scope
+    return not (scope is not None and (scope.attributes or {}).get(sc.SCOPE_BACKEND_COPY))
 
 
 def span_call_id(span: ReadableSpan) -> str | None:
@@ -47,7 +54,7 @@ def translate(span: ReadableSpan) -> Item | None:
     Raises ValueError for a record with numbers out of range (see ``EndRecord``).
     """
     attrs: Attrs = span.attributes or {}
-    call_id = _str(attrs, sc.CONVERSATION_ID)
+    call_id = _text(attrs, sc.CONVERSATION_ID)
     if call_id is None:
         return None
     if span.name == sc.SPAN_CALL_START:
@@ -64,7 +71,7 @@ def started_payload(call_id: str, attrs: Attrs) -> dict[str, Any]:
     return CallStarted(
         pipecatCallId=call_id,
         eventTimestamp=_str(attrs, sc.CALL_STARTED_AT) or "",
-        agentId=_str(attrs, sc.AGENT_ID) or "",
+        agentId=_text(attrs, sc.AGENT_ID) or "",
         agentName=_str(attrs, sc.AGENT_NAME) or None,
         agentPrompt=_text(attrs, sc.AGENT_PROMPT) or None,
     ).wire()
@@ -96,7 +103,7 @@ def segment_entry(event: Event) -> dict[str, Any] | None:
         entry["kind"] = "tool"
         entry["record"] = _compact(
             kind="tool_call",
-            toolCallId=_str(a, sc.TOOL_CALL_ID) or "",
+            toolCallId=_text(a, sc.TOOL_CALL_ID) or "",
             name=_str(a, sc.TOOL_NAME) or "",
             arguments=_text(a, sc.TOOL_ARGUMENTS) or "{}",
             timestamp=iso_from_ns(event.timestamp),
@@ -106,7 +113,7 @@ def segment_entry(event: Event) -> dict[str, Any] | None:
         entry["kind"] = "tool"
         entry["record"] = _compact(
             kind="tool_result",
-            toolCallId=_str(a, sc.TOOL_CALL_ID) or "",
+            toolCallId=_text(a, sc.TOOL_CALL_ID) or "",
             content=_text(a, sc.TOOL_RESULT) or "",
             timestamp=iso_from_ns(event.timestamp),
             audioOffsetMs=_int(a, sc.AUDIO_OFFSET_MS),
