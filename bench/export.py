@@ -45,8 +45,13 @@ def record_call(turns: int) -> list[ReadableSpan]:
     provider.add_span_processor(SimpleSpanProcessor(memory))
 
     def make() -> tuple[Any, Any]:
+        # Spans only, no Roark exporter: a key of its own so the observer needs none.
         obs = RoarkObserver(
-            agent_id="bench-agent", conversation_id="template", tracer_provider=provider
+            agent_id="bench-agent",
+            conversation_id="template",
+            tracer_provider=provider,
+            api_key=p.BENCH_KEY,
+            base_url=p.UNREACHABLE_URL,
         )
         return obs, None
 

@@ -221,7 +221,7 @@ class CallRecord:
         """An ``execute_tool`` span from a tool's invocation to its result (GenAI conventions)."""
         if isinstance(record, ToolCall):
             attrs: dict[str, AttributeValue] = {
-                **self._identity.id_attributes(),
+                **self._identity.id_attributes(self._span_limit),
                 sc.GEN_AI_OPERATION_NAME: sc.SPAN_EXECUTE_TOOL,
                 sc.TOOL_NAME: record.name,
                 sc.TOOL_CALL_ID: record.tool_call_id,

@@ -203,6 +203,10 @@ class CallWriter:
         for record in self._records:
             record.add(records)
 
+    def cancel_tool(self, tool_call_id: str, at_ns: int) -> None:
+        for record in self._records:
+            record.cancel_tool(tool_call_id, at_ns)
+
     def close(self, attributes: Mapping[str, AttributeValue], *, end_ns: int) -> None:
         for record in self._records:
             record.close(attributes, end_ns=end_ns)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 
 import pytest
-from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
@@ -170,14 +170,19 @@ async def test_long_tool_payloads_are_split_not_cut_on_the_span(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT", "16")
+    # The SDK reads its limits when a provider is made: the user's provider, made now.
+    provider = TracerProvider()
+    backend = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(backend))
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
     long = {"note": "x" * 100}
     script = Script(
         exchanges=(Exchange(user="Hi", bot="Done.", tool=Tool("note", long, long, "long_1")),),
         speed=16.0,
     )
-    observer = RoarkObserver(agent_id="tools")
+    observer = RoarkObserver(agent_id="tools", tracer_provider=provider)
     ended = await _call(exporter, roark, observer, script)
-    [span] = _tool_spans(otel.spans()).values()
+    [span] = _tool_spans(list(backend.get_finished_spans())).values()
     attrs = span.attributes or {}
     parts = [str(attrs[sc.TOOL_ARGUMENTS])]
     while (part := attrs.get(sc.part_key(sc.TOOL_ARGUMENTS, len(parts)))) is not None:

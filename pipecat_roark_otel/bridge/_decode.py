@@ -156,7 +156,12 @@ def decode_traces(request: ExportTraceServiceRequest) -> Decoded:
         for scope_spans in resource_spans.scope_spans:
             if scope_spans.scope.name != sc.INSTRUMENTATION_SCOPE:
                 continue
-            scope = InstrumentationScope(scope_spans.scope.name, scope_spans.scope.version)
+            # Scope attributes too: a backend copy (``roark.backend_copy``) is not delivered.
+            scope = InstrumentationScope(
+                scope_spans.scope.name,
+                scope_spans.scope.version,
+                attributes=_attributes(scope_spans.scope.attributes),
+            )
             for span in scope_spans.spans:
                 attrs = _attributes(span.attributes)
                 times = [span.start_time_unix_nano, span.end_time_unix_nano]

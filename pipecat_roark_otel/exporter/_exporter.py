@@ -16,6 +16,19 @@ from ._engine import Engine, engine_for
 from ._translate import is_ours, span_call_id, translate
 
 
+def _report_trimmed(call_id: str) -> None:
+    """Span limits cut a record the observer could not route around: say so, count it."""
+    _errors.count_drop("trimmed_by_span_limits")
+    if _errors.should_log("trimmed_by_span_limits"):
+        _errors.logger.warning(
+            "Span limits dropped attributes of a call record (call %s) before "
+            "RoarkSpanExporter saw them: "
+            "Roark's copy is incomplete. Put this exporter on the observer's tracer provider "
+            "or pass RoarkObserver(exporter=...) so Roark's copy takes its own, unlimited path.",
+            call_id,
+        )
+
+
 class RoarkSpanExporter(SpanExporter):
     """Turns the call record into Roark webhooks, through an outbox on disk.
 
@@ -55,6 +68,8 @@ class RoarkSpanExporter(SpanExporter):
                 except ValueError as exc:  # a number out of range: hostile or broken input
                     self._engine.reject(span_call_id(span), exc)
                     continue
+                if span.dropped_attributes or any(e.dropped_attributes for e in span.events):
+                    _report_trimmed(item.call_id if item else "unknown: its id was dropped")
                 if item is not None:
                     self._engine.put_item(item)
         return SpanExportResult.SUCCESS
