@@ -182,11 +182,6 @@ class CallWriter:
         self.target = target
 
     @property
-    def own_path(self) -> bool:
-        """Whether Roark's copy took the private path."""
-        return self._private is not None
-
-    @property
     def call_span(self) -> Span:
         """The call span on the user's provider: the one their trace (and a bridge) sees."""
         return self._records[0].call_span
