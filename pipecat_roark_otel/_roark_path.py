@@ -198,6 +198,10 @@ class CallWriter:
         for record in self._records:
             record.add(records)
 
+    def set_custom(self, attributes: Mapping[str, AttributeValue]) -> bool:
+        """The user's attributes on every copy's call span; False once the call has ended."""
+        return all([record.set_custom(attributes) for record in self._records])
+
     def cancel_tool(self, tool_call_id: str, at_ns: int) -> None:
         for record in self._records:
             record.cancel_tool(tool_call_id, at_ns)

@@ -104,10 +104,7 @@ async def _call(
 ) -> dict[str, Any]:
     recorded: list[bytes] = []
 
-    async def keep(_p: object, audio: bytes, _sr: int, _ch: int) -> None:
-        recorded.append(audio)
-
-    observer.audio_processor.add_event_handler("on_audio_data", keep)
+    observer.recording.add_listener(lambda audio, _sr, _ch: recorded.append(bytes(audio)))
     await run_simulated_call(observer, script=SCRIPT, **kwargs)
     for target in flush:
         assert target.force_flush(15_000)
