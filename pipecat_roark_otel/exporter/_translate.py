@@ -45,7 +45,7 @@ def is_ours(span: ReadableSpan) -> bool:
 
 
 def span_call_id(span: ReadableSpan) -> str | None:
-    return _str(span.attributes or {}, sc.CONVERSATION_ID)
+    return _text(span.attributes or {}, sc.CONVERSATION_ID)
 
 
 def translate(span: ReadableSpan) -> Item | None:
