@@ -273,21 +273,12 @@ def open_call(
         custom=custom,
     )
     sampled = _sampled(span)
-    if on_provider and sampled:
-        record = CallRecord(
-            tracer,
-            identity,
-            call_span=span,
-            start_ns=start_ns,
-            started_at=started_at,
-            limits=seen.limits,
-        )
-        return CallWriter([record], target=target.engine)
-
-    if seen.sdk:
-        _log_backend_cost(provider, sampled, counts)
-    # Children too: a sampler that is not parent-based could still take them.
-    tracer = _tracer(provider, backend_copy=True)
+    alone = on_provider and sampled
+    if not alone:
+        if seen.sdk:
+            _log_backend_cost(provider, sampled, counts)
+        # Children too: a sampler that is not parent-based could still take them.
+        tracer = _tracer(provider, backend_copy=True)
     user = CallRecord(
         tracer,
         identity,
@@ -296,6 +287,8 @@ def open_call(
         started_at=started_at,
         limits=seen.limits,
     )
+    if alone:
+        return CallWriter([user], target=target.engine)
     private = private or _private_for(target)
     # Same trace as the backend's copy, for correlation; a root if that one has no context.
     roark_parent = set_span_in_context(span) if span.get_span_context().is_valid else parent

@@ -42,20 +42,11 @@ from pipecat_roark_otel.exporter import RoarkSpanExporter
 from pipecat_roark_otel.simulation import run_simulated_call
 
 from .otel_config_child import AGENT_ID, SCRIPT, TOOL_CALL_ID
+from .support import EXPECTED_TURNS
 
 pytestmark = pytest.mark.e2e
 
 CHILD = Path(__file__).with_name("otel_config_child.py")
-
-TRANSCRIPT = [
-    ("assistant", "Hello! Thanks for calling Copperline Care. How can I help?"),
-    ("user", "I'd like to check on my order"),
-    ("assistant", "Sure, let me look that up for you."),
-    ("user", "Is it arriving today"),
-    ("assistant", "Your order shipped yesterday and will"),
-    ("user", "Great thanks"),
-    ("assistant", "You're welcome. Goodbye!"),
-]
 
 
 @dataclass
@@ -140,7 +131,7 @@ def assert_complete(roark: LocalRoark, call: dict[str, Any], call_id: str) -> No
     assert ended["agentSpokeFirst"] is True
     assert ended["recordingSampleRate"] == 24_000
     assert ended["recordingNumChannels"] == 2
-    assert [(t["role"], t["content"]) for t in ended["transcript"]] == TRANSCRIPT
+    assert [(t["role"], t["content"]) for t in ended["transcript"]] == EXPECTED_TURNS
     user = ended["transcript"][1]
     assert (user["userId"], user["language"]) == ("caller-1", "en-US")
     for turn in ended["transcript"]:
