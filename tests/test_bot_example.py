@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -21,7 +17,7 @@ from pipecat.transports.base_transport import BaseTransport, TransportParams  # 
 from pipecat_roark_otel.devserver import LocalRoark  # noqa: E402
 from pipecat_roark_otel.simulation import SimulatedOutputTransport  # noqa: E402
 
-BOT = Path(__file__).resolve().parents[1] / "examples" / "bot.py"
+from .realbot.harness import load_bot  # noqa: E402
 
 
 class _Transport(BaseTransport):
@@ -39,21 +35,12 @@ class _Transport(BaseTransport):
         return self._output
 
 
-def _load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("example_bot", BOT)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["example_bot"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_bot_builds_its_pipeline(monkeypatch: pytest.MonkeyPatch, roark: LocalRoark) -> None:
     for name in ("DEEPGRAM_API_KEY", "OPENAI_API_KEY", "CARTESIA_API_KEY"):
         monkeypatch.setenv(name, "fake-key")
     monkeypatch.setenv("ROARK_API_KEY", roark.api_key)
     monkeypatch.setenv("ROARK_BASE_URL", roark.base_url)
-    bot = _load()
+    bot = load_bot()
     transport = _Transport()
     runner_args: Any = {"session_id": "cloud-session-7"}
     task, observer = bot.build_task(transport, runner_args)

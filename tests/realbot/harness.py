@@ -23,6 +23,12 @@ from pipecat_roark_otel.devserver import LocalRoark
 
 BOT = Path(__file__).resolve().parents[2] / "examples" / "bot.py"
 
+# What callers say; one breath each: a pause inside a line would be a second VAD turn.
+ORDER = "I'd like to check on my order."
+BYE = "Great thanks bye."
+PLANS = "Tell me about your plans."
+JUST_ORDER = "Just my order please."
+
 
 def load_bot() -> ModuleType:
     """examples/bot.py as a module, the file users copy."""

@@ -19,9 +19,7 @@ from pipecat_roark_otel.devserver import LocalRoark
 from pipecat_roark_otel.exporter import RoarkSpanExporter
 
 from ..conftest import Otel
-from .harness import read_call
-
-ORDER = "I'd like to check on my order."
+from .harness import ORDER, read_call
 
 
 async def test_latency_breakdown_and_tool_spans(

@@ -26,6 +26,10 @@ from pipecat_roark_otel.exporter import RoarkSpanExporter
 from ..conftest import Otel
 from ..otlp_receiver import OtlpReceiver
 from .harness import (
+    BYE,
+    JUST_ORDER,
+    ORDER,
+    PLANS,
     Recording,
     assert_audio_matches_turns,
     assert_only_heard_words,
@@ -35,12 +39,6 @@ from .harness import (
     load_slack_ms,
     read_call,
 )
-
-# One breath each: a pause inside a line would be a second VAD turn.
-ORDER = "I'd like to check on my order."
-BYE = "Great thanks bye."
-PLANS = "Tell me about your plans."
-JUST_ORDER = "Just my order please."
 
 
 async def test_a_complete_phone_call_and_its_trace(

@@ -18,6 +18,9 @@ from pipecat_roark_otel.devserver import LocalRoark
 from pipecat_roark_otel.exporter import RoarkSpanExporter
 
 from .harness import (
+    BYE,
+    ORDER,
+    PLANS,
     Recording,
     assert_audio_matches_turns,
     assert_only_heard_words,
@@ -26,10 +29,6 @@ from .harness import (
     iso,
     read_call,
 )
-
-ORDER = "I'd like to check on my order."
-BYE = "Great thanks bye."
-PLANS = "Tell me about your plans."
 
 
 async def test_a_complete_webrtc_call(
