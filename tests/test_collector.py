@@ -64,6 +64,15 @@ def test_a_broken_config_fails_validation(tmp_path: Path) -> None:
     assert "otlp_grpc/nowhere" in proc.stdout + proc.stderr
 
 
+def test_a_missing_binary_skips_here_and_fails_under_ci(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI must run the real nothing"):
+        binary("nothing")
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception, match=r"scripts/otel-binaries\.sh"):
+        binary("nothing")
+
+
 def test_shipped_jaeger_config_validates() -> None:
     proc = subprocess.run(
         [str(binary("jaeger")), "validate", f"--config={JAEGER_CONFIG}"],
