@@ -64,12 +64,14 @@ def default_spool_root() -> Path:
     return base / "pipecat-roark-otel" / "spool"
 
 
-def resolve_spool_dir(spool_dir: str | os.PathLike[str] | None, base_url: str) -> Path:
+def resolve_spool_dir(
+    spool_dir: str | os.PathLike[str] | None, base_url: str, api_key: str
+) -> Path:
     value = spool_dir if spool_dir is not None else os.environ.get(ENV_SPOOL_DIR)
     if value is not None and str(value).strip():
         return Path(value).expanduser()
-    # One spool per destination: a record queued for one Roark never goes to another.
-    digest = hashlib.sha256(base_url.encode()).hexdigest()[:12]
+    # One spool per workspace (URL and key): a record queued for one never goes to another.
+    digest = hashlib.sha256(f"{base_url}\n{api_key}".encode()).hexdigest()[:12]
     return default_spool_root() / digest
 
 
@@ -80,8 +82,7 @@ def resolve_settings(
     spool_dir: str | os.PathLike[str] | None = None,
 ) -> RoarkSettings:
     url = resolve_base_url(base_url)
+    key = resolve_api_key(api_key)
     return RoarkSettings(
-        api_key=resolve_api_key(api_key),
-        base_url=url,
-        spool_dir=resolve_spool_dir(spool_dir, url),
+        api_key=key, base_url=url, spool_dir=resolve_spool_dir(spool_dir, url, key)
     )

@@ -57,6 +57,25 @@ def test_defaults_and_repr_hide_the_key(tmp_path: Path) -> None:
     assert "rk_live_secret" not in repr(settings)
 
 
+def test_two_workspaces_on_one_roark_never_share_a_spool(tmp_path: Path) -> None:
+    """A platform with one key per customer: the outbox delivers with one key, so one each."""
+    a = RoarkSpanExporter(api_key="rk_test_customer_a")
+    b = RoarkSpanExporter(api_key="rk_test_customer_b")
+    try:
+        assert a.settings.base_url == b.settings.base_url
+        assert a.settings.spool_dir != b.settings.spool_dir
+        assert a.settings.spool_dir.name not in "rk_test_customer_a"  # a hash, not the key
+        with pytest.raises(ValueError, match="already used by another Roark destination"):
+            RoarkSpanExporter(api_key="rk_test_customer_c", spool_dir=a.settings.spool_dir)
+        # The same destination again shares the one outbox, as before.
+        RoarkSpanExporter(api_key="rk_test_customer_a", spool_dir=a.settings.spool_dir).shutdown()
+    finally:
+        a.shutdown()
+        b.shutdown()
+    # Once the first is gone, its spool may serve another key (a rotated one).
+    RoarkSpanExporter(api_key="rk_test_customer_c", spool_dir=a.settings.spool_dir).shutdown()
+
+
 def test_observer_follows_an_exporter_handed_to_it_or_on_its_provider(tmp_path: Path) -> None:
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor

@@ -18,7 +18,7 @@ from typing import Any, Final
 
 import httpx
 
-from ..config import RoarkSettings
+from ..config import ENV_SPOOL_DIR, RoarkSettings
 from ._client import RoarkClient
 from ._delivery import Delivery, DeliveryOptions
 from ._outbox import Outbox, call_key
@@ -150,6 +150,14 @@ def engine_for(
     """The process's engine for these settings; the first caller's transport/options win."""
     key = _key(settings)
     with _lock:
+        for other, live in _engines.items():
+            if other[0] == key[0] and other != key and not live.closed:
+                # One outbox delivers everything in it with one key: two workspaces must not mix.
+                raise ValueError(
+                    f"spool_dir {key[0]} is already used by another Roark destination "
+                    f"({other[1]}) in this process: give each workspace its own spool_dir "
+                    f"(or {ENV_SPOOL_DIR} per process)"
+                )
         engine = _engines.get(key)
         if engine is None or engine.closed:
             engine = Engine(settings, transport=transport, options=options)

@@ -14,11 +14,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..config import ENV_SPOOL_DIR, resolve_base_url, resolve_spool_dir
+from ..config import (
+    ENV_API_KEY,
+    ENV_SPOOL_DIR,
+    resolve_api_key,
+    resolve_base_url,
+    resolve_spool_dir,
+)
 from ._dead import DeadLetters
 from ._outbox import Outbox
 
@@ -29,7 +36,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--spool-dir",
-        help=f"the spool directory (default: ${ENV_SPOOL_DIR}, else the one for --base-url)",
+        help=f"the spool directory (default: ${ENV_SPOOL_DIR}, else the workspace's own: "
+        f"--base-url and ${ENV_API_KEY})",
     )
     p.add_argument("--base-url", help="picks the default spool dir when --spool-dir is not given")
     sub = p.add_subparsers(dest="command", required=True)
@@ -45,7 +53,14 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    spool = resolve_spool_dir(args.spool_dir, resolve_base_url(args.base_url))
+    if args.spool_dir is None and not os.environ.get(ENV_SPOOL_DIR, "").strip():
+        try:
+            spool = resolve_spool_dir(None, resolve_base_url(args.base_url), resolve_api_key(None))
+        except ValueError as exc:
+            sys.stderr.write(f"{exc} (or pass --spool-dir)\n")
+            return 2
+    else:
+        spool = resolve_spool_dir(args.spool_dir, "", "")
     dead = DeadLetters(Outbox(Path(spool)))
     out = sys.stdout
     if args.command == "list":
