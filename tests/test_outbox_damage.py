@@ -127,6 +127,29 @@ def test_invalid_utf8_in_the_sent_log_is_repaired_not_retried_forever(
     wait_until(lambda: engine.outbox.pending_keys() == [])
 
 
+def test_a_spool_that_cannot_lock_waits_for_the_disk_instead_of_killing_delivery(
+    make_engine: Callable[..., Engine], roark: LocalRoark, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A read-only or vanished spool fails the lock file itself: a wait, never a dead thread."""
+    engine = make_engine()
+    locks = engine.outbox.locks_dir
+    locks.rmdir()
+    locks.write_bytes(b"")  # a file where the folder was: every lock attempt is an OSError
+    with caplog.at_level(logging.WARNING, logger="pipecat_roark_otel"):
+        engine.put_started("c1", started("c1"))
+        wait_until(
+            lambda: any("cannot lock" in r.getMessage() for r in caplog.records),
+            what="the lock failure logged",
+        )
+    assert sent_events(roark, "c1", "call-started") == 0
+    locks.unlink()
+    locks.mkdir(mode=0o700)
+    engine.put_end("c1", end("c1", segments=0))
+    assert engine.force_flush(10)
+    roark.wait_for_call_ended("c1", timeout=5)
+    assert sent_events(roark, "c1", "call-started") == 1
+
+
 def test_a_full_disk_pauses_the_call_instead_of_resending(
     make_engine: Callable[..., Engine], roark: LocalRoark
 ) -> None:

@@ -96,7 +96,16 @@ class Steps:
             self._attempts.clear()
 
     def session(self, key: str) -> Next:
-        lock = self.outbox.try_lock(key)
+        try:
+            lock = self.outbox.try_lock(key)
+        except OSError as exc:  # a read-only or vanished spool: wait for the disk, send nothing
+            if _errors.should_log("spool_unlockable"):
+                logger.warning(
+                    "Roark outbox cannot lock call %s (%s); retrying when the disk allows",
+                    key,
+                    exc.strerror,
+                )
+            return Next(self._clock() + _DISK_RETRY_S, True)
         if lock is None:  # another process (or a resend) works this call right now
             return Next(self._clock() + _LOCKED_ELSEWHERE_RETRY_S, True)
         try:
