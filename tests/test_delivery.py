@@ -492,10 +492,14 @@ def test_engine_for_shares_one_engine_per_destination(tmp_path: Path) -> None:
     a = engine_for(settings, transport=transport)
     try:
         assert engine_for(settings) is a
-        other = RoarkSettings(api_key="rk_test_2", base_url=BASE, spool_dir=tmp_path / "spool")
+        # Another key is another workspace: its own engine, on its own spool only.
+        other = RoarkSettings(api_key="rk_test_2", base_url=BASE, spool_dir=tmp_path / "spool2")
         b = engine_for(other, transport=transport)
         assert b is not a
         b.shutdown(1)
+        shared = RoarkSettings(api_key="rk_test_2", base_url=BASE, spool_dir=tmp_path / "spool")
+        with pytest.raises(ValueError, match="spool_dir"):
+            engine_for(shared, transport=transport)
     finally:
         a.shutdown(1)
     assert engine_for(settings, transport=transport) is not a  # after shutdown: a fresh one
