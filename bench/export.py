@@ -1,11 +1,15 @@
-"""export() latency of a finished long call, and delivery throughput to a local Roark.
+"""export() latency of a finished long call, and delivery throughput from the outbox.
 
     python -m bench.export [--quick] [--turns 500] [--calls 30] [--deliver 1000]
 
 The spans come from a real call: a scripted PipelineTask through our observer into an
-in-memory exporter, then cloned under fresh call ids. The local Roark runs in its own
-process (``python -m pipecat_roark_otel.devserver``), so its CPU is not ours.
-``export()`` returns once the records are written to the spool (atomic rename, no fsync).
+in-memory exporter, then cloned under fresh call ids. ``export()`` returns once the
+records are written to the spool (atomic rename, no fsync). Throughput is timed from
+the outbox: the calls are exported first (timed apart), then delivered, until the
+receiver has them all. Two receivers, each in its own process so its CPU is not ours:
+``bench/_receiver.py`` (built to not be the bottleneck; the target's) and the local Roark
+(``python -m pipecat_roark_otel.devserver``). Each one's own ceiling is measured in the
+same run with ``bench/_flood.py``: pipelined raw-socket clients in several processes.
 Default: about 1 minute.
 """
 
@@ -14,13 +18,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import pickle
 import re
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -31,6 +37,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from pipecat_roark_otel import semconv as sc
 
+from . import _flood as flood
 from . import _pipeline as p
 
 TARGET_CALLS_PER_S = 500.0
@@ -146,27 +153,59 @@ def export_latency(base_url: str, spans: list[ReadableSpan], calls: int, tmp: Pa
     }
 
 
-def throughput(base_url: str, spans: list[ReadableSpan], calls: int, tmp: Path) -> Any:
+def throughput(
+    base_url: str,
+    spans: list[ReadableSpan],
+    calls: int,
+    tmp: Path,
+    received: Callable[[], int] | None,
+) -> Any:
+    """Delivery from the outbox: ``calls`` exported first (timed apart), then delivered.
+
+    The export goes through an exporter aimed at a dead URL, whose engine is then shut
+    down at once: the calls wait in the spool as a restarted process finds them. A fresh
+    exporter to ``base_url`` then delivers them; the clock stops when ``received()`` (the
+    receiver's own count of distinct call-ended) has grown by ``calls``; with no
+    ``received`` (the local Roark), when our engine has completed them all.
+    """
     batches = [clone(spans, f"tput-{i}-{uuid.uuid4()}") for i in range(calls)]
-    exporter = _exporter(base_url, tmp / "spool-throughput")
-    before = exporter.engine.stats().get("calls_completed", 0)
+    spool = tmp / "spool-throughput"
+    parked = _exporter(p.UNREACHABLE_URL, spool)
     t0 = time.perf_counter()
     for batch in batches:
-        exporter.export(batch)
-    t_export = time.perf_counter() - t0
-    flushed = exporter.force_flush(120_000)
-    elapsed = time.perf_counter() - t0
+        parked.export(batch)
+    export_s = time.perf_counter() - t0
+    parked.engine.shutdown(0.0)
+    waiting = parked.engine.outbox.pending_keys()
+    cpu0 = time.process_time()
+    t0 = time.perf_counter()
+    exporter = _exporter(base_url, spool)
+    counters = exporter.engine.delivery.counters
+    count = received or (lambda: counters.count("calls_completed"))
+    before = 0 if received is None else count()
+    got = 0
+    while got < calls and time.perf_counter() - t0 < 120:
+        time.sleep(0.005)
+        got = count() - before
+    deliver_s = time.perf_counter() - t0
+    flushed = exporter.force_flush(60_000)
+    flush_s = time.perf_counter() - t0
+    cpu_s = time.process_time() - cpu0
     stats = exporter.engine.stats()
     exporter.shutdown()
-    delivered = stats.get("calls_completed", 0) - before
     return {
         "calls": calls,
         "spans_per_call": len(spans),
-        "export_s": t_export,
-        "elapsed_s": elapsed,
+        "export_s": export_s,
+        "export_ms_per_call": export_s / calls * 1e3,
+        "waiting_in_spool": len(waiting),
+        "received": got,
+        "deliver_s": deliver_s,
+        "flush_s": flush_s,
         "flushed": flushed,
-        "delivered": delivered,
-        "calls_per_s": delivered / elapsed if elapsed else 0.0,
+        "delivered": stats.get("calls_completed", 0),
+        "calls_per_s": got / deliver_s if deliver_s else 0.0,
+        "cpu_ms_per_call": cpu_s / calls * 1e3,
         "stats": stats,
     }
 
@@ -182,39 +221,70 @@ def _bodies(spans: list[ReadableSpan], call_id: str) -> tuple[dict[str, Any], di
     return started, ended
 
 
-def server_ceiling(base_url: str, spans: list[ReadableSpan], calls: int, workers: int) -> Any:
-    """The local Roark's own limit: a bare httpx client, ``workers`` connections, same bodies."""
-    import threading
-
-    import httpx
+def server_ceiling(
+    base_url: str, spans: list[ReadableSpan], calls: int, processes: int, tmp: Path
+) -> Any:
+    """The receiver's own limit: ``processes`` raw pipelined clients (``bench/_flood.py``),
+    the same two requests per call as our delivery, with the same bodies."""
+    from pipecat_roark_otel.exporter._client import EVENTS_PATH
 
     headers = {"x-roark-api-key": p.BENCH_KEY, "authorization": f"Bearer {p.BENCH_KEY}"}
-    url = f"{base_url}/v1/integrations/pipecat"
-    bodies = [_bodies(spans, f"ceiling-{i}-{uuid.uuid4()}") for i in range(calls)]
-    statuses: list[int] = []
-
-    def work(part: list[tuple[dict[str, Any], dict[str, Any]]]) -> None:
-        with httpx.Client(headers=headers) as client:
-            for started, ended in part:
-                statuses.append(client.post(url, json=started).status_code)
-                statuses.append(client.post(url, json=ended).status_code)
-
-    threads = [threading.Thread(target=work, args=(bodies[i::workers],)) for i in range(workers)]
-    t0 = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    elapsed = time.perf_counter() - t0
-    ok = sum(1 for s in statuses if s < 300)
+    requests = []
+    for i in range(calls):
+        started, ended = _bodies(spans, f"ceiling-{i}-{uuid.uuid4()}")
+        requests.append(
+            [flood.build(base_url, EVENTS_PATH, _json_bytes(b), headers) for b in (started, ended)]
+        )
+    path = tmp / f"flood-{uuid.uuid4()}.pickle"
+    path.write_bytes(pickle.dumps(requests))
+    cmd = [sys.executable, "-m", "bench._flood", "--url", base_url, "--file", str(path)]
+    procs = [
+        subprocess.Popen(
+            [*cmd, "--part", str(i), "--parts", str(processes)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=Path(__file__).resolve().parent.parent,
+        )
+        for i in range(processes)
+    ]
+    for proc in procs:
+        assert proc.stdout is not None
+        proc.stdout.readline()  # ready: its part is loaded
+    for proc in procs:
+        assert proc.stdin is not None
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+    results = [json.loads(proc.communicate(timeout=120)[0]) for proc in procs]
+    elapsed = max(r["end"] for r in results) - min(r["start"] for r in results)
+    ok = sum(r["ok"] for r in results)
+    sent = sum(r["sent"] for r in results)
     return {
         "calls": calls,
-        "workers": workers,
+        "processes": processes,
         "elapsed_s": elapsed,
         "ok_requests": ok,
-        "requests": len(statuses),
+        "requests": sent,
+        "requests_per_s": sent / elapsed,
         "calls_per_s": calls / elapsed,
     }
+
+
+def _json_bytes(body: dict[str, Any]) -> bytes:
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def receiver_stats(base_url: str) -> dict[str, int]:
+    """What ``bench/_receiver.py`` counted: requests, distinct started/ended ids, repeats."""
+    with urllib.request.urlopen(f"{base_url}/stats", timeout=10) as r:
+        return dict(json.loads(r.read()))
+
+
+def roark_ended(base_url: str, prefix: str) -> int:
+    """Calls the local Roark lists as ended, among those whose id starts with ``prefix``."""
+    with urllib.request.urlopen(f"{base_url}/api/calls", timeout=60) as r:
+        calls = json.loads(r.read())["data"]
+    return sum(1 for c in calls if c["pipecatCallId"].startswith(prefix) and c["callEndedAt"])
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -224,6 +294,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--calls", type=int, default=30, help="exports timed (distinct call ids)")
     ap.add_argument("--deliver", type=int, default=1000, help="calls for the throughput run")
     ap.add_argument("--deliver-turns", type=int, default=18, help="turns per delivered call")
+    ap.add_argument("--processes", type=int, default=2, help="ceiling client processes")
     ap.add_argument("--out", default="export", help="results file name under bench/results/")
     args = ap.parse_args(argv)
     if args.quick:
@@ -232,16 +303,26 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     t0 = time.monotonic()
     long_call = record_call(args.turns)
     short_call = record_call(args.deliver_turns)
+    n_ceiling = max(args.deliver, 200)
     with tempfile.TemporaryDirectory(prefix="roark-bench-export-") as d:
         tmp = Path(d)
+        (tmp / "roark-run").mkdir()
+        (tmp / "bench-run").mkdir()
         with local_roark(tmp / "roark") as url:
             lat = export_latency(url, long_call, args.calls, tmp)
-            tput = throughput(url, short_call, args.deliver, tmp)
-            ceiling = server_ceiling(url, short_call, min(args.deliver, 400), 4)
-        (tmp / "fast").mkdir()
+            roark = throughput(url, short_call, args.deliver, tmp / "roark-run", None)
+            roark["roark_lists_ended"] = roark_ended(url, "tput-")
+            roark_top = server_ceiling(url, short_call, n_ceiling, args.processes, tmp)
         with minimal_receiver() as url:
-            fast = throughput(url, short_call, args.deliver, tmp / "fast")
-            fast_ceiling = server_ceiling(url, short_call, min(args.deliver, 400), 4)
+            fast = throughput(
+                url,
+                short_call,
+                args.deliver,
+                tmp / "bench-run",
+                lambda: receiver_stats(url)["ended"],
+            )
+            fast_top = server_ceiling(url, short_call, n_ceiling, args.processes, tmp)
+            fast["receiver"] = receiver_stats(url)
     print(
         f"export() of a finished {args.turns}-turn call ({lat['spans_per_call']} spans), "
         f"{args.calls} calls"
@@ -263,35 +344,58 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             ],
         )
     )
+    print(
+        f"delivery from the outbox of {args.deliver} exported {args.deliver_turns}-turn calls "
+        f"(export apart: {fast['export_ms_per_call']:.2f} ms per call)"
+    )
+    rows = []
     for name, run, top in (
-        ("local Roark", tput, ceiling),
-        ("minimal receiver (bench/_receiver.py)", fast, fast_ceiling),
+        ("bench/_receiver.py", fast, fast_top),
+        ("local Roark", roark, roark_top),
     ):
-        line = (
-            f"delivery to the {name}: {run['delivered']}/{run['calls']} calls of "
-            f"{args.deliver_turns} turns in {run['elapsed_s']:.2f} s (export "
-            f"{run['export_s']:.2f} s): {run['calls_per_s']:.0f} calls/s"
+        rows.append(
+            [
+                name,
+                f"{run['received']}/{run['calls']}",
+                run["deliver_s"],
+                run["calls_per_s"],
+                run["cpu_ms_per_call"],
+                top["calls_per_s"],
+                f"{top['ok_requests']}/{top['requests']}",
+            ]
         )
-        if run is fast:
-            ok = "meets" if run["calls_per_s"] >= TARGET_CALLS_PER_S else "misses"
-            line += f" ({ok} >= {TARGET_CALLS_PER_S:g})"
-        print(line)
-        print(
-            f"  its own ceiling (bare httpx, 4 connections, same bodies): "
-            f"{top['calls_per_s']:.0f} calls/s ({top['ok_requests']}/{top['requests']} ok)"
+    print(
+        p.table(
+            [
+                "receiver",
+                "delivered",
+                "s",
+                "calls/s",
+                "our CPU ms/call",
+                "receiver ceiling calls/s",
+                "ceiling ok",
+            ],
+            rows,
         )
+    )
+    ok = "meets" if fast["calls_per_s"] >= TARGET_CALLS_PER_S else "misses"
+    print(
+        f"target >= {TARGET_CALLS_PER_S:g} calls/s to bench/_receiver.py: {ok} "
+        f"({fast['calls_per_s']:.0f}); receiver saw {fast['receiver']['repeats']} repeats; "
+        f"ceiling = {args.processes} pipelined raw-socket processes, same bodies"
+    )
     elapsed = time.monotonic() - t0
     print(f"({elapsed:.0f} s)")
     doc = {
-        "server_ceiling": ceiling,
         "bench": "export",
         "machine": p.machine(),
         "turns": args.turns,
         "elapsed_s": elapsed,
         "latency": lat,
-        "throughput": tput,
-        "throughput_minimal_receiver": fast,
-        "minimal_receiver_ceiling": fast_ceiling,
+        "throughput": fast,
+        "receiver_ceiling": fast_top,
+        "throughput_local_roark": roark,
+        "local_roark_ceiling": roark_top,
     }
     path = p.results_path(args.out)
     path.write_text(json.dumps(doc, indent=2, default=str))

@@ -47,6 +47,12 @@ def test_loop_lag() -> None:
 
 def test_export() -> None:
     doc = _run("export")
-    assert doc["throughput"]["flushed"]
-    assert doc["throughput"]["delivered"] == doc["throughput"]["calls"]
+    run = doc["throughput"]
+    assert run["flushed"]
+    assert run["received"] == run["delivered"] == run["calls"] == run["waiting_in_spool"]
+    assert run["receiver"]["repeats"] == 0
+    roark = doc["throughput_local_roark"]
+    assert roark["roark_lists_ended"] == roark["calls"]
+    for top in (doc["receiver_ceiling"], doc["local_roark_ceiling"]):
+        assert top["ok_requests"] == top["requests"] > 0
     assert doc["latency"]["whole_call"]["median_ms"] > 0
