@@ -19,7 +19,7 @@ BOT_EXTRA = "install the bot extra: pip install -e '.[bot]'"
 @pytest.fixture
 def bot(monkeypatch: pytest.MonkeyPatch, roark: LocalRoark) -> ModuleType:
     """examples/bot.py, its keys and Roark settings in the environment."""
-    for extra in ("deepgram", "openai", "onnxruntime"):
+    for extra in ("deepgram", "openai", "onnxruntime", "fastapi", "uvicorn"):
         pytest.importorskip(extra, reason=BOT_EXTRA)
     if shutil.which("espeak-ng") is None:
         pytest.skip("espeak-ng speaks the caller's lines (Debian: apt-get install espeak-ng)")

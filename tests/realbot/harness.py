@@ -3,23 +3,33 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
 import io
 import os
 import sys
 import time
 import wave
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import httpx
 import numpy as np
+import pytest
 
+from examples.offline.callers import TwilioCaller, WebRTCCaller
+from examples.offline.vendors import Vendors
 from pipecat_roark_otel.devserver import LocalRoark
+
+if TYPE_CHECKING:  # the server needs the bot extra: imported by the calls that use it
+    from pipecat.runner.types import WebSocketRunnerArguments
+
+    from examples.offline.serve import BotRuns
 
 BOT = Path(__file__).resolve().parents[2] / "examples" / "bot.py"
 
@@ -40,6 +50,32 @@ def load_bot() -> ModuleType:
     sys.modules["example_bot"] = module
     spec.loader.exec_module(module)
     return module
+
+
+@contextlib.asynccontextmanager
+async def phone_call(
+    entry: Callable[[WebSocketRunnerArguments], Awaitable[None]], vendors: Vendors
+) -> AsyncIterator[tuple[TwilioCaller, BotRuns]]:
+    """``entry`` (``bot.bot`` or a variant) behind the phone server, a Twilio caller dialled in."""
+    from examples.offline.serve import phone_server
+
+    async with phone_server(entry) as (url, runs):
+        caller = TwilioCaller(url, hangups=vendors.hangups, on_say=vendors.caller_says)
+        await caller.dial()
+        yield caller, runs
+
+
+@contextlib.asynccontextmanager
+async def webrtc_call(
+    bot: ModuleType, vendors: Vendors
+) -> AsyncIterator[tuple[WebRTCCaller, str, BotRuns]]:
+    """``bot.bot`` answering an aiortc caller's offer: (caller, pc_id, runs)."""
+    pytest.importorskip("aiortc", reason="the WebRTC caller needs aiortc: pip install -e '.[bot]'")
+    from examples.offline.serve import webrtc_call as serve
+
+    caller = WebRTCCaller(on_say=vendors.caller_says)
+    async with serve(bot, caller) as (pc_id, runs):
+        yield caller, pc_id, runs
 
 
 async def read_call(roark: LocalRoark, *, timeout: float = 30.0) -> dict[str, Any]:

@@ -4,30 +4,21 @@ from __future__ import annotations
 
 from types import ModuleType
 
-import pytest
-
-pytest.importorskip("fastapi", reason="install the bot extra: pip install -e '.[bot]'")
-pytest.importorskip("uvicorn", reason="install the bot extra: pip install -e '.[bot]'")
-
 from opentelemetry.trace import StatusCode
 
-from examples.offline.callers import TwilioCaller
-from examples.offline.serve import phone_server
 from examples.offline.vendors import Vendors
 from pipecat_roark_otel import semconv as sc
 from pipecat_roark_otel.devserver import LocalRoark
 from pipecat_roark_otel.exporter import RoarkSpanExporter
 
 from ..conftest import Otel
-from .harness import ORDER, read_call
+from .harness import ORDER, phone_call, read_call
 
 
 async def test_latency_breakdown_and_tool_spans(
     bot: ModuleType, vendors: Vendors, exporter: RoarkSpanExporter, roark: LocalRoark, otel: Otel
 ) -> None:
-    async with phone_server(bot.bot) as (url, runs):
-        caller = TwilioCaller(url, hangups=vendors.hangups, on_say=vendors.caller_says)
-        await caller.dial()
+    async with phone_call(bot.bot, vendors) as (caller, runs):
         await caller.wait_for_bot()
         await caller.say(ORDER)
         await caller.wait_for_bot()  # the answer, after a tool call

@@ -6,18 +6,11 @@ import asyncio
 import time
 from types import ModuleType
 
-import pytest
-
-pytest.importorskip("fastapi", reason="install the bot extra: pip install -e '.[bot]'")
-pytest.importorskip("uvicorn", reason="install the bot extra: pip install -e '.[bot]'")
-
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from pipecat.pipeline.runner import PipelineRunner
 from pipecat.runner.types import WebSocketRunnerArguments
 
-from examples.offline.callers import TwilioCaller
-from examples.offline.serve import phone_server
 from examples.offline.vendors import Agent, Vendors
 from pipecat_roark_otel import semconv
 from pipecat_roark_otel.devserver import LocalRoark
@@ -37,6 +30,7 @@ from .harness import (
     exchanges,
     iso,
     load_slack_ms,
+    phone_call,
     read_call,
 )
 
@@ -47,9 +41,7 @@ async def test_a_complete_phone_call_and_its_trace(
     with OtlpReceiver() as receiver:
         otlp = BatchSpanProcessor(OTLPSpanExporter(endpoint=receiver.traces_url))
         otel.add(otlp)
-        async with phone_server(bot.bot) as (url, runs):
-            caller = TwilioCaller(url, hangups=vendors.hangups, on_say=vendors.caller_says)
-            await caller.dial()
+        async with phone_call(bot.bot, vendors) as (caller, runs):
             await caller.wait_for_bot()
             await caller.say(ORDER)
             await caller.wait_for_bot()
@@ -114,9 +106,7 @@ async def test_a_complete_phone_call_and_its_trace(
 async def test_caller_hangs_up_mid_reply(
     bot: ModuleType, vendors: Vendors, exporter: RoarkSpanExporter, roark: LocalRoark
 ) -> None:
-    async with phone_server(bot.bot) as (url, runs):
-        caller = TwilioCaller(url, hangups=vendors.hangups, on_say=vendors.caller_says)
-        await caller.dial()
+    async with phone_call(bot.bot, vendors) as (caller, runs):
         await caller.wait_for_bot()
         await caller.say(PLANS)
         asked = time.time()
@@ -148,9 +138,7 @@ async def test_without_the_disconnect_wiring_pipecat_still_ends_the_call(
         task, _ = bot.build_task(transport, runner_args, sample_rate=8000)
         await PipelineRunner(handle_sigint=False).run(task)
 
-    async with phone_server(forgot_the_wiring) as (url, runs):
-        caller = TwilioCaller(url, hangups=vendors.hangups, on_say=vendors.caller_says)
-        await caller.dial()
+    async with phone_call(forgot_the_wiring, vendors) as (caller, runs):
         await caller.wait_for_bot_speech(0.5)
         await caller.hang_up()
         await runs.wait_finished(timeout=60)
@@ -163,9 +151,7 @@ async def test_without_the_disconnect_wiring_pipecat_still_ends_the_call(
 async def test_caller_barges_in(
     bot: ModuleType, vendors: Vendors, exporter: RoarkSpanExporter, roark: LocalRoark
 ) -> None:
-    async with phone_server(bot.bot) as (url, runs):
-        caller = TwilioCaller(url, hangups=vendors.hangups, on_say=vendors.caller_says)
-        await caller.dial()
+    async with phone_call(bot.bot, vendors) as (caller, runs):
         await caller.wait_for_bot()
         await caller.say(PLANS)
         await caller.wait_for_bot_speech(2.0)

@@ -5,14 +5,6 @@ from __future__ import annotations
 import time
 from types import ModuleType
 
-import pytest
-
-pytest.importorskip("fastapi", reason="install the bot extra: pip install -e '.[bot]'")
-pytest.importorskip("uvicorn", reason="install the bot extra: pip install -e '.[bot]'")
-pytest.importorskip("aiortc", reason="the WebRTC caller needs aiortc: pip install -e '.[bot]'")
-
-from examples.offline.callers import WebRTCCaller
-from examples.offline.serve import webrtc_call
 from examples.offline.vendors import Agent, Vendors
 from pipecat_roark_otel.devserver import LocalRoark
 from pipecat_roark_otel.exporter import RoarkSpanExporter
@@ -28,14 +20,14 @@ from .harness import (
     exchanges,
     iso,
     read_call,
+    webrtc_call,
 )
 
 
 async def test_a_complete_webrtc_call(
     bot: ModuleType, vendors: Vendors, exporter: RoarkSpanExporter, roark: LocalRoark
 ) -> None:
-    caller = WebRTCCaller(on_say=vendors.caller_says)
-    async with webrtc_call(bot, caller) as (pc_id, runs):
+    async with webrtc_call(bot, vendors) as (caller, pc_id, runs):
         await caller.wait_for_bot()
         await caller.say(ORDER)
         await caller.wait_for_bot()
@@ -60,8 +52,7 @@ async def test_a_complete_webrtc_call(
 async def test_webrtc_caller_hangs_up_mid_reply(
     bot: ModuleType, vendors: Vendors, exporter: RoarkSpanExporter, roark: LocalRoark
 ) -> None:
-    caller = WebRTCCaller(on_say=vendors.caller_says)
-    async with webrtc_call(bot, caller) as (_pc_id, runs):
+    async with webrtc_call(bot, vendors) as (caller, _pc_id, runs):
         await caller.wait_for_bot()
         await caller.say(PLANS)
         asked = time.time()
