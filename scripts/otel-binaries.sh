@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
-# Builds the real Jaeger v2 and a custom OpenTelemetry Collector, pinned, from their Go
-# modules, into a cache outside the repo, and prints that directory. The tests that run
-# them (tests/otelbin.py) look there. Idempotent: a binary whose recipe is unchanged is
-# kept; Go's module and build caches make a rebuild after a version bump incremental.
+# Builds the real Jaeger v2, a custom OpenTelemetry Collector and Docker Compose, pinned,
+# from their Go modules, into a cache outside the repo, and prints that directory. The
+# tests that run them (tests/otelbin.py) look there. Idempotent: a binary whose recipe is
+# unchanged is kept; Go's module and build caches make a rebuild after a version bump
+# incremental.
 #
-#   scripts/otel-binaries.sh            # both, into ~/.cache/pipecat-roark-otel/bin
-#   scripts/otel-binaries.sh otelcol    # only one of: jaeger otelcol
+#   scripts/otel-binaries.sh            # all three, into ~/.cache/pipecat-roark-otel/bin
+#   scripts/otel-binaries.sh otelcol    # only some of: jaeger otelcol docker-compose
 #   ROARK_OTEL_BIN_DIR=/opt/otel scripts/otel-binaries.sh
 #
-# Needs Go (go.mod of Jaeger v1.76.0 asks for 1.24.6 or newer) and the Go module proxy.
+# Needs Go (Compose v5.5.1 asks for 1.26.3 or newer, Jaeger v1.76.0 for 1.24.6) and the
+# Go module proxy.
 set -euo pipefail
 
 # Jaeger's Go module keeps v1 tags: v1.76.0 is Jaeger v2.13.0, the image tag that
@@ -20,6 +22,9 @@ JAEGER_VERSION=v1.76.0
 OTELCOL_VERSION=v0.161.0
 # The Collector's stable (v1) modules of the same release: the confmap providers.
 OTELCOL_STABLE_VERSION=v1.67.0
+# Docker Compose, for `docker compose config` on docker-compose.otel.yml without a Docker
+# engine (tests/test_compose.py). Debian's docker-compose 1.29 predates the Compose Spec.
+COMPOSE_VERSION=v5.5.1
 
 bin_dir=${ROARK_OTEL_BIN_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/pipecat-roark-otel/bin}
 build_dir=$bin_dir/.build
@@ -52,6 +57,10 @@ go 1.24.6
 // As in Jaeger's own go.mod, whose replace directives a dependent module does not inherit.
 replace github.com/Shopify/sarama => github.com/Shopify/sarama v1.33.0
 EOF
+}
+
+compose_gomod() {
+    printf 'module local.invalid/pipecat-roark-otel/compose\n\ngo 1.26.3\n'
 }
 
 otelcol_manifest() {
@@ -89,18 +98,19 @@ replaces:
 EOF
 }
 
-build_jaeger() {
-    local recipe="jaeger $JAEGER_VERSION $(go env GOVERSION)"
-    current jaeger "$recipe" && return
-    echo "otel-binaries: building Jaeger $JAEGER_VERSION" >&2
-    local dir=$build_dir/jaeger
+# `go install pkg@version` refuses a module whose go.mod has replace (Jaeger) or exclude
+# (Compose) directives; a module that requires it as a tool builds it with the same
+# dependency versions.
+build_as_tool() { # name go.mod package version
+    local recipe
+    recipe="$1 $4 $(go env GOVERSION)"
+    current "$1" "$recipe" && return
+    echo "otel-binaries: building $1 $4" >&2
+    local dir=$build_dir/$1
     rm -rf "$dir" && mkdir -p "$dir"
-    jaeger_gomod >"$dir/go.mod"
-    # Jaeger's go.mod has replace directives, so `go install pkg@version` refuses it;
-    # a module that requires it as a tool builds it with the same dependency versions.
-    (cd "$dir" && run go get -tool "github.com/jaegertracing/jaeger/cmd/jaeger@$JAEGER_VERSION" &&
-        run go build -o jaeger github.com/jaegertracing/jaeger/cmd/jaeger) >&2
-    install_bin jaeger "$dir/jaeger" "$recipe"
+    printf '%s\n' "$2" >"$dir/go.mod"
+    (cd "$dir" && run go get -tool "$3@$4" && run go build -o "$1" "$3") >&2
+    install_bin "$1" "$dir/$1" "$recipe"
 }
 
 build_otelcol() {
@@ -125,13 +135,14 @@ build_otelcol() {
 exec 9>"$build_dir/.lock"
 flock 9
 targets=("$@")
-((${#targets[@]})) || targets=(jaeger otelcol)
+((${#targets[@]})) || targets=(jaeger otelcol docker-compose)
 for name in "${targets[@]}"; do
     case $name in
-    jaeger) build_jaeger ;;
+    jaeger) build_as_tool jaeger "$(jaeger_gomod)" github.com/jaegertracing/jaeger/cmd/jaeger "$JAEGER_VERSION" ;;
     otelcol) build_otelcol ;;
+    docker-compose) build_as_tool docker-compose "$(compose_gomod)" github.com/docker/compose/v5/cmd "$COMPOSE_VERSION" ;;
     *)
-        echo "otel-binaries: unknown binary '$name' (jaeger, otelcol)" >&2
+        echo "otel-binaries: unknown binary '$name' (jaeger, otelcol, docker-compose)" >&2
         exit 2
         ;;
     esac

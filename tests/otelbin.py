@@ -1,6 +1,7 @@
 """The real Jaeger and OpenTelemetry Collector, run from their binaries on free loopback ports.
 
-``scripts/otel-binaries.sh`` builds both into ``$ROARK_OTEL_BIN_DIR`` (default: the
+``scripts/otel-binaries.sh`` builds both (and the Docker Compose that
+tests/test_compose.py validates with) into ``$ROARK_OTEL_BIN_DIR`` (default: the
 user cache dir). Without them a test skips, saying how to build them; under CI
 (``CI=true``) it fails instead, so a broken build cannot pass as a skipped test.
 
@@ -44,7 +45,7 @@ _S = TypeVar("_S", bound="_Service")
 
 
 def binary(name: str) -> Path:
-    """The built binary ``name`` (``jaeger`` or ``otelcol``), or skip (fail under CI)."""
+    """The built binary ``name`` (jaeger, otelcol, docker-compose), or skip (fail under CI)."""
     path = BIN_DIR / name
     if path.is_file() and os.access(path, os.X_OK):
         return path
