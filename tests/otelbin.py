@@ -89,7 +89,10 @@ def tail(log: Path, lines: int = 40) -> str:
 
 
 class _Service:
-    """A binary started with a config file and ``${env:...}`` settings, stopped on exit."""
+    """A binary started with a config file and ``${env:...}`` settings, stopped on exit.
+
+    Each takes OTLP on a gRPC and an HTTP port of its own.
+    """
 
     name = ""
 
@@ -98,6 +101,17 @@ class _Service:
         self.env = dict(env)
         self.log = log_dir / f"{self.name}-{free_port()}.log"
         self.proc: subprocess.Popen[bytes] | None = None
+
+    otlp_grpc_port: int
+    otlp_http_port: int
+
+    @property
+    def otlp_grpc_endpoint(self) -> str:
+        return f"127.0.0.1:{self.otlp_grpc_port}"
+
+    @property
+    def otlp_http_endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.otlp_http_port}"
 
     def health_url(self) -> str:
         raise NotImplementedError
@@ -165,14 +179,6 @@ class Jaeger(_Service):
         return f"http://127.0.0.1:{self.health_port}/status"
 
     @property
-    def otlp_grpc_endpoint(self) -> str:
-        return f"127.0.0.1:{self.otlp_grpc_port}"
-
-    @property
-    def otlp_http_endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.otlp_http_port}"
-
-    @property
     def url(self) -> str:
         """The UI and its HTTP API."""
         return f"http://127.0.0.1:{self.query_port}"
@@ -231,14 +237,6 @@ class Collector(_Service):
 
     def health_url(self) -> str:
         return f"http://127.0.0.1:{self.health_port}/"
-
-    @property
-    def otlp_grpc_endpoint(self) -> str:
-        return f"127.0.0.1:{self.otlp_grpc_port}"
-
-    @property
-    def otlp_http_endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.otlp_http_port}"
 
 
 def validate(
