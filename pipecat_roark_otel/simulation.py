@@ -135,39 +135,59 @@ class _SayFrame(DataFrame):
         self.text = text
 
 
-class ScriptedSTT(FrameProcessor):
+class _Caller(FrameProcessor):
+    """First in the pipeline: ``play()`` runs once the pipeline starts, then ``then`` goes
+    upstream (by default the task ends, as a bot ends it). Watches the bot's speaking edges.
+    """
+
+    def __init__(self, *, then: type[Frame] | None = EndTaskFrame, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._then = then
+        self._task: asyncio.Task[None] | None = None
+        self._sample = 0  # of the caller's audio, so its tone runs on across frames
+        self.bot_started = asyncio.Event()
+        self.bot_stopped = asyncio.Event()
+        self.done = asyncio.Event()
+
+    async def play(self) -> None:
+        raise NotImplementedError
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        await super().process_frame(frame, direction)
+        if isinstance(frame, BotStartedSpeakingFrame):
+            self.bot_started.set()
+        elif isinstance(frame, BotStoppedSpeakingFrame):
+            self.bot_stopped.set()
+        await self.push_frame(frame, direction)
+        if isinstance(frame, StartFrame):
+            self._task = self.create_task(self._run())
+
+    async def cleanup(self) -> None:
+        await super().cleanup()
+        if self._task is not None:
+            await self.cancel_task(self._task)
+
+    async def _run(self) -> None:
+        await self.play()
+        self.done.set()
+        if self._then is not None:
+            # EndTaskFrame asks the task to end; it sends the EndFrame down the pipeline.
+            await self.push_frame(self._then(), FrameDirection.UPSTREAM)
+
+
+class ScriptedSTT(_Caller):
     """The caller: user audio ticks, speaking edges and final transcriptions, on script."""
 
     def __init__(self, script: Script, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._script = script
-        self._bot_stopped = asyncio.Event()
-        self._bot_started = asyncio.Event()
         self._words_played = 0
-        self._task: asyncio.Task[None] | None = None
-        self._sample = 0
-        self.done = asyncio.Event()
-
-    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
-        await super().process_frame(frame, direction)
-        if isinstance(frame, BotStoppedSpeakingFrame):
-            self._bot_stopped.set()
-        elif isinstance(frame, BotStartedSpeakingFrame):
-            self._bot_started.set()
-        await self.push_frame(frame, direction)
-        if isinstance(frame, StartFrame):
-            self._task = self.create_task(self._run())
 
     def can_generate_metrics(self) -> bool:
         return True
 
     def word_played(self) -> None:
         self._words_played += 1
-
-    async def cleanup(self) -> None:
-        await super().cleanup()
-        if self._task:
-            await self.cancel_task(self._task)
 
     async def _sleep(self, seconds: float) -> None:
         await asyncio.sleep(seconds / self._script.speed)
@@ -182,9 +202,9 @@ class ScriptedSTT(FrameProcessor):
             await self._sleep(_TICK_S)
 
     async def _bot_turn(self) -> None:
-        await self._bot_stopped.wait()
-        self._bot_stopped.clear()
-        self._bot_started.clear()
+        await self.bot_stopped.wait()
+        self.bot_stopped.clear()
+        self.bot_started.clear()
 
     async def _user_turn(self, exchange: Exchange) -> None:
         words = exchange.user.split()
@@ -201,7 +221,7 @@ class ScriptedSTT(FrameProcessor):
             frame = TranscriptionFrame(text, "caller-1", now, language=Language.EN_US)
             await self.push_frame(frame)
 
-    async def _run(self) -> None:
+    async def play(self) -> None:
         script = self._script
         await self._audio(script.pause_s, 0.0)
         if script.greeting:
@@ -213,22 +233,19 @@ class ScriptedSTT(FrameProcessor):
                 await self._user_turn(exchange)
             if exchange.interrupt_after_words is not None:
                 self._words_played = 0
-                await self._bot_started.wait()
+                await self.bot_started.wait()
                 while self._words_played < exchange.interrupt_after_words:
                     await asyncio.sleep(0.005)
                 await self.push_frame(UserStartedSpeakingFrame())
                 await self.broadcast_interruption()
-                await self._bot_stopped.wait()
+                await self.bot_stopped.wait()
                 await self._audio(0.3, 330.0)
                 await self.push_frame(UserStoppedSpeakingFrame())
-                self._bot_stopped.clear()
-                self._bot_started.clear()
+                self.bot_stopped.clear()
+                self.bot_started.clear()
             else:
                 await self._bot_turn()
         await self._audio(script.pause_s, 0.0)
-        self.done.set()
-        # Ask the task to end, as a bot does; it sends the EndFrame down the pipeline.
-        await self.push_frame(EndTaskFrame(), FrameDirection.UPSTREAM)
 
 
 class ScriptedLLM(FrameProcessor):

@@ -19,12 +19,9 @@ from typing import Any
 
 import pytest
 from pipecat.frames.frames import (
-    BotStartedSpeakingFrame,
-    BotStoppedSpeakingFrame,
     EndTaskFrame,
     Frame,
     InputAudioRawFrame,
-    StartFrame,
     TranscriptionFrame,
     TTSAudioRawFrame,
     TTSStartedFrame,
@@ -47,6 +44,7 @@ from pipecat_roark_otel.simulation import (
     Script,
     SimulatedCall,
     SimulatedOutputTransport,
+    _Caller,
 )
 
 E2E = pytest.mark.e2e
@@ -159,40 +157,16 @@ async def hand_call(
 DriverScript = Callable[["Driver"], Awaitable[None]]
 
 
-class Driver(FrameProcessor):
+class Driver(_Caller):
     """First processor: plays the test's script once started, then asks the task to end."""
 
     def __init__(self, script: DriverScript, *, then: type[Frame] | None = EndTaskFrame) -> None:
-        super().__init__(name="driver")
+        super().__init__(then=then, name="driver")
         self._script = script
-        self._then = then
-        self._task: asyncio.Task[None] | None = None
-        self._sample = 0
-        self.bot_started = asyncio.Event()
-        self.bot_stopped = asyncio.Event()
-        self.done = asyncio.Event()
         self.marks: dict[str, float] = {}
 
-    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
-        await super().process_frame(frame, direction)
-        if isinstance(frame, BotStartedSpeakingFrame):
-            self.bot_started.set()
-        elif isinstance(frame, BotStoppedSpeakingFrame):
-            self.bot_stopped.set()
-        await self.push_frame(frame, direction)
-        if isinstance(frame, StartFrame):
-            self._task = self.create_task(self._run())
-
-    async def cleanup(self) -> None:
-        await super().cleanup()
-        if self._task is not None:
-            await self.cancel_task(self._task)
-
-    async def _run(self) -> None:
+    async def play(self) -> None:
         await self._script(self)
-        self.done.set()
-        if self._then is not None:
-            await self.push_frame(self._then(), UP)
 
     def mark(self, name: str) -> None:
         self.marks[name] = time.time()
