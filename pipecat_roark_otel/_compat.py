@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import sys
 import time
 from collections.abc import Mapping
@@ -14,6 +15,7 @@ from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
 from opentelemetry.sdk.trace.export import SpanExporter
 from opentelemetry.util.types import AttributeValue
 from pipecat.frames.frames import StartFrame
+from pipecat.observers.base_observer import BaseObserver
 from pipecat.processors.audio.audio_buffer_processor import AudioBufferProcessor
 from pipecat.processors.frame_processor import FrameProcessor
 from pipecat.transports.base_input import BaseInputTransport
@@ -46,6 +48,18 @@ def service_kind(processor: object) -> Service | None:
 
 def is_output_transport(processor: object) -> bool:
     return isinstance(processor, BaseOutputTransport)
+
+
+def follows_output_transport(processor: object) -> bool:
+    """Whether the output transport is the processor just before this one."""
+    return isinstance(getattr(processor, "previous", None), BaseOutputTransport)
+
+
+def first_pushes_only() -> dict[str, bool]:
+    """``BaseObserver`` arguments to observe first pushes only, where Pipecat has the mode."""
+    if "observe_every_push" in inspect.signature(BaseObserver.__init__).parameters:
+        return {"observe_every_push": False}
+    return {}
 
 
 def is_input_transport(processor: object) -> bool:

@@ -33,7 +33,7 @@ from pipecat.frames.frames import (
     VADUserStoppedSpeakingFrame,
 )
 from pipecat.metrics.metrics import LLMUsageMetricsData, TTFBMetricsData
-from pipecat.observers.base_observer import BaseObserver, FramePushed
+from pipecat.observers.base_observer import BaseObserver, FrameProcessed, FramePushed
 from pipecat.processors.audio.audio_buffer_processor import AudioBufferProcessor
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipecat.utils.asyncio.task_manager import BaseTaskManager
@@ -58,7 +58,8 @@ if TYPE_CHECKING:
 # Capture rule 14: how long call-ended waits for the recording's last handlers.
 AUDIO_HANDLER_TIMEOUT_S = 10.0
 
-Handler = Callable[[FramePushed], Awaitable[None] | None]
+Event = FramePushed | FrameProcessed
+Handler = Callable[[Any], Awaitable[None] | None]
 
 
 def _secs_ns(value: object) -> int:
@@ -105,8 +106,9 @@ class RoarkObserver(BaseObserver):
         recording_target: ChunkTarget | None = None,
         attributes: Mapping[str, AttributeValue] | None = None,
     ) -> None:
-        # Capture rules 3 and 7: every push, so the output transport's release is seen.
-        super().__init__()
+        # Capture rule 3: first pushes only, where Pipecat offers it (half the events); what
+        # only a repeat push would show (rules 7 and 17) comes from the process events.
+        super().__init__(**_compat.first_pushes_only())
         if not isinstance(agent_id, str) or not agent_id.strip():
             raise ValueError("agent_id must be a non-empty string (the customer-stable agent id)")
         if conversation_id and pipecat_call_id and conversation_id != pipecat_call_id:
@@ -162,6 +164,7 @@ class RoarkObserver(BaseObserver):
         self._opening: asyncio.Task[None] | None = None
         self._end_task: asyncio.Future[None] | None = None
         self._dispatch: dict[type, Handler | None] = {}
+        self._processed: dict[type, Handler | None] = {}
 
     @staticmethod
     def _resolve_settings(
@@ -275,6 +278,23 @@ class RoarkObserver(BaseObserver):
             if _errors.report("on_push_frame"):
                 raise
 
+    async def on_process_frame(self, data: FrameProcessed) -> None:
+        # Hot path as above: audio ends at the lookup.
+        cls = type(data.frame)
+        try:
+            handler = self._processed[cls]
+        except KeyError:
+            handler = self._processed[cls] = self._process_handler_for(cls)
+        if handler is None:
+            return
+        try:
+            pending = handler(data)
+            if pending is not None:
+                await pending
+        except Exception:
+            if _errors.report("on_process_frame"):
+                raise
+
     # -- dispatch -------------------------------------------------------------
 
     def _handler_for(self, cls: type) -> Handler | None:
@@ -313,7 +333,23 @@ class RoarkObserver(BaseObserver):
                 return handler
         return None
 
-    def _now(self, data: FramePushed) -> int:
+    def _process_handler_for(self, cls: type) -> Handler | None:
+        """A processor handling a frame: the frames that passed the output transport."""
+        audio: Handler | None = None
+        if self._user_processor is not None and self._capture.anchor_ns is None:
+            audio = self._on_audio
+        table: list[tuple[type | tuple[type, ...], Handler | None]] = [
+            ((InputAudioRawFrame, OutputAudioRawFrame), audio),
+            (StartFrame, self._on_start_processed),
+            (TTSTextFrame, self._on_tts_text_processed),
+            ((EndFrame, StopFrame), self._on_end_processed),
+        ]
+        for types, handler in table:
+            if issubclass(cls, types):
+                return handler
+        return None
+
+    def _now(self, data: Event) -> int:
         if self._clock_offset is not None and data.timestamp > 0:
             return int(data.timestamp) + self._clock_offset
         return time.time_ns()
@@ -349,6 +385,7 @@ class RoarkObserver(BaseObserver):
             assert isinstance(frame, StartFrame)
             self.recording.start(_compat.output_sample_rate(frame))
         self._dispatch.clear()
+        self._processed.clear()
 
     def _on_user_audio(self, data: FramePushed) -> None:
         # Capture rule 1 for audio: taken once, where it leaves the input transport.
@@ -375,21 +412,23 @@ class RoarkObserver(BaseObserver):
         f: Any = data.frame
         self.recording.bot_audio(f.audio, f.sample_rate, f.num_channels, data.timestamp)
 
-    def _on_audio(self, data: FramePushed) -> None:
+    def _on_audio(self, data: Event) -> None:
         # Capture rule 13, for a user's recorder: sample 0 is the first audio frame it keeps.
         user = self._user_processor
+        receiver = data.processor if isinstance(data, FrameProcessed) else data.destination
         if (
             user is not None
             and self._capture.anchor_ns is None
-            and data.destination is user
+            and receiver is user
             and getattr(data.frame, "audio", None)
             and _compat.is_recording(user)
         ):
             self._capture.anchor_ns = self._now(data)
             # Anchored: audio frames need nothing more from us.
-            for cls, handler in self._dispatch.items():
-                if handler == self._on_audio:
-                    self._dispatch[cls] = None
+            for table in (self._dispatch, self._processed):
+                for cls, handler in table.items():
+                    if handler == self._on_audio:
+                        table[cls] = None
 
     def _on_start(self, data: FramePushed) -> Awaitable[None] | None:
         if self._clock_offset is None:
@@ -416,10 +455,39 @@ class RoarkObserver(BaseObserver):
             return _compat.start_recording(user)
         return None
 
+    def _on_start_processed(self, data: FrameProcessed) -> None:
+        # With first pushes only, the transports show up as processors of the StartFrame.
+        processor = data.processor
+        if _compat.is_output_transport(processor):
+            self._capture.has_output_transport = True
+            if self._bot_source is None:
+                self._bot_source = processor
+        elif self._user_source is None and _compat.is_input_transport(processor):
+            self._user_source = processor
+
+    def _on_tts_text_processed(self, data: FrameProcessed) -> None:
+        # Capture rule 7: the processor after the output transport gets the words as played.
+        if data.direction is FrameDirection.DOWNSTREAM and _compat.follows_output_transport(
+            data.processor
+        ):
+            self._tts_text(data, played=True)
+
+    def _on_end_processed(self, data: FrameProcessed) -> Awaitable[None] | None:
+        # Capture rule 17: the processor after the output transport gets the frame played out.
+        if (
+            data.direction is FrameDirection.DOWNSTREAM
+            and _compat.follows_output_transport(data.processor)
+            and self._first_sighting(data.frame)
+        ):
+            return self._end(_end_reason(data.frame), self._now(data))
+        return None
+
     def _on_tts_text(self, data: FramePushed) -> None:
+        self._tts_text(data, played=_compat.is_output_transport(data.source))
+
+    def _tts_text(self, data: Event, *, played: bool) -> None:
         frame = data.frame
         assert isinstance(frame, TTSTextFrame)
-        played = _compat.is_output_transport(data.source)
         if played:
             self._capture.has_output_transport = True
         records = self._capture.tts_text(

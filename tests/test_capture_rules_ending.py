@@ -22,7 +22,7 @@ from pipecat.frames.frames import (
     TranscriptionFrame,
     TTSTextFrame,
 )
-from pipecat.observers.base_observer import FramePushed
+from pipecat.observers.base_observer import FrameProcessed, FramePushed
 
 from pipecat_roark_otel import RoarkObserver, _compat, _errors, semconv
 from pipecat_roark_otel.devserver import LocalRoark
@@ -173,6 +173,12 @@ class EndWatchingObserver(RoarkObserver):
         if isinstance(data.frame, EndFrame) and _compat.is_output_transport(data.source):
             self.ending.set()
         await super().on_push_frame(data)
+
+    async def on_process_frame(self, data: FrameProcessed) -> None:
+        # Observing first pushes only, the passed-on EndFrame shows up here instead.
+        if isinstance(data.frame, EndFrame) and _compat.follows_output_transport(data.processor):
+            self.ending.set()
+        await super().on_process_frame(data)
 
 
 @E2E

@@ -276,10 +276,10 @@ INTERRUPTED = Script(
 
 
 async def interrupted_call(
-    exporter: RoarkSpanExporter, roark: LocalRoark
+    exporter: RoarkSpanExporter, roark: LocalRoark, observer: RoarkObserver | None = None
 ) -> tuple[dict[str, Any], list[str]]:
     """The simulated caller cuts the bot off after three words: (call-ended, words played)."""
-    observer = RoarkObserver(agent_id="capture-rules")
+    observer = observer or RoarkObserver(agent_id="capture-rules")
     call = SimulatedCall(INTERRUPTED)
     heard = WordsHeard()
     await run(pipeline_task(observer, *call.processors(heard)))
