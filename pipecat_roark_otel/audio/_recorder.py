@@ -5,7 +5,8 @@ hop where it is heard (leaving the input transport, leaving the output transport
 with its push timestamp. Placement follows Pipecat's ``AudioBufferProcessor`` so the
 two recorders agree: a track is padded with silence over pauses longer than 200 ms
 of pipeline clock, and the quiet track is brought level with the one being written.
-Unlike it, the user track stays at its own rate and is resampled once per chunk.
+Unlike it, a track stays at its own rate until a batch of it is resampled and written
+into the stereo chunk, which is preallocated and reused.
 """
 
 from __future__ import annotations
@@ -23,9 +24,9 @@ Listener = Callable[[bytes, int, int], object]
 
 # Pipecat's AudioBufferProcessor threshold: a longer gap between frames is silence.
 _GAP_NS: Final = 200_000_000
-# Resample in batches of this many bytes (~0.25 s at 16 kHz): far cheaper than per
-# frame, and short enough that no single step holds the loop for long.
-_RESAMPLE_BYTES: Final = 8192
+# Resample and interleave in batches of this many bytes (~0.25 s at 16 kHz): far cheaper
+# than per frame, and short enough that no single step holds the loop for long.
+_BATCH_BYTES: Final = 8192
 _ZEROS: Final = memoryview(bytes(64 * 1024))
 
 
@@ -41,22 +42,24 @@ class _Track:
 
     __slots__ = (
         "buf",
+        "channel",
         "consumed",
         "convert",
         "convert_rate",
         "last_ns",
         "level",
-        "out",
         "rate",
         "speaking",
         "stream",
         "timeline",
+        "written",
     )
 
-    def __init__(self) -> None:
-        self.buf = bytearray()  # at ``rate``, not yet resampled
-        self.out = bytearray()  # resampled to the recording's rate, this chunk
-        self.consumed = 0  # samples (at ``rate``) moved from ``buf`` to ``out``, this chunk
+    def __init__(self, channel: int) -> None:
+        self.channel = channel  # in the stereo chunk: 0 = L (user), 1 = R (bot)
+        self.buf = bytearray()  # at ``rate``, not yet in the chunk
+        self.consumed = 0  # samples (at ``rate``) moved from ``buf`` to the chunk
+        self.written = 0  # samples (at the recording's rate) in the chunk, this chunk
         self.rate = 0
         self.level = 0  # samples (at ``rate``) the track is known to reach, this chunk
         self.last_ns: int | None = None
@@ -66,28 +69,62 @@ class _Track:
         self.convert_rate = 0
         self.timeline = RecordingTimeline()
 
-    def resample(self, out_rate: int, *, last: bool = False) -> None:
-        """Move ``buf`` to ``out`` at the recording's rate."""
-        if self.stream is None:
-            self.stream = soxr.ResampleStream(self.rate, out_rate, 1, dtype="int16", quality="HQ")
-        self.consumed += len(self.buf) >> 1
-        samples = np.frombuffer(self.buf, dtype=np.int16)
-        out = self.stream.resample_chunk(samples, last=last)
-        del samples  # releases ``buf`` so it can be cleared
-        self.out += out.astype(np.int16, copy=False).tobytes()
-        self.buf.clear()
 
-    def take(self, out_rate: int, *, last: bool) -> bytes:
-        """The track so far at the recording's rate; empties it."""
-        _pad(self.buf, 2 * (self.level - self.consumed) - len(self.buf))
-        if self.rate not in (0, out_rate) and (self.buf or (last and self.stream is not None)):
-            self.resample(out_rate, last=last)
-        data = bytes(self.out) + bytes(self.buf)
-        self.buf.clear()
-        self.out.clear()
-        self.consumed = 0
-        self.level = 0
-        return data
+class _Chunk:
+    """The stereo chunk being filled, interleaved as each batch of a track comes in.
+
+    Preallocated and reused, so handing a chunk out is one copy and no step holds the
+    loop for a whole chunk's interleave.
+    """
+
+    __slots__ = ("samples",)
+
+    def __init__(self) -> None:
+        self.samples = np.zeros(0, dtype=np.int16)
+
+    def put(self, track: _Track, samples: np.ndarray) -> None:
+        start = track.written
+        end = start + len(samples)
+        if 2 * end > len(self.samples):
+            # A long pause padded in one go: the chunk outgrows its usual size.
+            grown = np.zeros(2 * max(end, len(self.samples)), dtype=np.int16)
+            grown[: len(self.samples)] = self.samples
+            self.samples = grown
+        self.samples[2 * start + track.channel : 2 * end : 2] = samples
+        track.written = end
+
+    def move(self, track: _Track, out_rate: int, *, last: bool = False) -> None:
+        """``buf`` into the chunk, resampled to the recording's rate if it is not at it."""
+        buf = track.buf
+        track.consumed += len(buf) >> 1
+        samples = np.frombuffer(buf, dtype=np.int16)
+        if track.rate not in (0, out_rate):
+            if track.stream is None:
+                track.stream = soxr.ResampleStream(
+                    track.rate, out_rate, 1, dtype="int16", quality="HQ"
+                )
+            self.put(track, track.stream.resample_chunk(samples, last=last))
+        elif len(samples):
+            self.put(track, samples)
+        del samples  # releases ``buf`` so it can be cleared
+        buf.clear()
+
+    def close_track(self, track: _Track, out_rate: int, *, last: bool) -> None:
+        """The track's part of this chunk, silence owed included; its counters restart."""
+        _pad(track.buf, 2 * (track.level - track.consumed) - len(track.buf))
+        if track.buf or (last and track.stream is not None):
+            self.move(track, out_rate, last=last)
+        track.consumed = 0
+        track.level = 0
+
+    def take(self, n: int) -> bytes:
+        """The first ``n`` stereo samples as PCM; the chunk is empty again."""
+        pcm = self.samples[: 2 * n].tobytes()
+        self.samples[: 2 * n] = 0
+        return pcm
+
+    def release(self) -> None:
+        self.samples = np.zeros(0, dtype=np.int16)
 
 
 class ObservedRecorder:
@@ -101,8 +138,9 @@ class ObservedRecorder:
         # Per track: a stereo chunk of ``chunk_bytes`` holds this many samples of each.
         self._chunk_samples = max(1, chunk_bytes // 4)
         self._listeners: list[Listener] = []
-        self._user = _Track()
-        self._bot = _Track()
+        self._user = _Track(0)
+        self._bot = _Track(1)
+        self._chunk = _Chunk()
         self.user_timeline = self._user.timeline
         self.bot_timeline = self._bot.timeline
         self.sample_rate = 0
@@ -181,8 +219,8 @@ class ObservedRecorder:
         buf += audio
         if at_out + n * out_rate // track_rate >= self._chunk_samples:
             self._emit(last=False)
-        elif track_rate != out_rate and len(buf) >= _RESAMPLE_BYTES:
-            track.resample(out_rate)
+        elif len(buf) >= _BATCH_BYTES:
+            self._chunk.move(track, out_rate)
 
     def _normalise(self, track: _Track, audio: bytes, rate: int, channels: int) -> bytes:
         """The rare frame: empty, not mono, the track's first, or at another rate."""
@@ -203,18 +241,18 @@ class ObservedRecorder:
 
     def _emit(self, *, last: bool) -> None:
         rate = self.sample_rate
-        user = self._user.take(rate, last=last)
-        bot = self._bot.take(rate, last=last)
-        n = max(len(user), len(bot)) >> 1
-        if n == 0:
-            return
-        stereo = np.zeros(2 * n, dtype=np.int16)
-        stereo[0 : 2 * (len(user) >> 1) : 2] = np.frombuffer(user, dtype=np.int16)
-        stereo[1 : 2 * (len(bot) >> 1) : 2] = np.frombuffer(bot, dtype=np.int16)
-        self._emitted += n
-        pcm = stereo.tobytes()
-        for listener in self._listeners:
-            listener(pcm, rate, 2)
+        user, bot, chunk = self._user, self._bot, self._chunk
+        chunk.close_track(user, rate, last=last)
+        chunk.close_track(bot, rate, last=last)
+        n = max(user.written, bot.written)
+        user.written = bot.written = 0
+        if n:
+            self._emitted += n
+            pcm = chunk.take(n)
+            for listener in self._listeners:
+                listener(pcm, rate, 2)
+        if last:
+            chunk.release()
 
 
 def _mono(audio: bytes, channels: int) -> bytes:
