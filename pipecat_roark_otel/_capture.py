@@ -137,6 +137,8 @@ class _BotTurn:
     text_started: _Edge | None = None
     started: _Edge | None = None
     stopped: _Edge | None = None
+    # TTS contexts of the words heard: a late word of one of them is still this reply's.
+    contexts: set[str] = field(default_factory=set)
     # Metrics that arrived since the previous reply closed belong to this one.
     ttfb_ms: dict[Service, int] = field(default_factory=dict)
     input_tokens: int | None = None
@@ -156,6 +158,11 @@ class CallCapture:
         self._seq = 0
         self._user = _UserTurn()
         self._bot = _BotTurn()
+        # A reply that ended at BotStoppedSpeaking, open to its last words until the next
+        # event: Pipecat releases a word's text on its own clock, which on a starved loop
+        # lags the TTSStoppedFrame that ended the audio.
+        self._held: _BotTurn | None = None
+        self._bot_speaking = False
         self._generated_ids: set[int] = set()
         self._played_ids: set[int] = set()
         self._tool_call_ids: set[str] = set()
@@ -215,7 +222,7 @@ class CallCapture:
             # Its transcript came first; this is the same speech's turn starting.
             self._user.early = False
             return []
-        out = self._reply_ends_at_user_turn(now) + self.flush_user(now)
+        out = self._release() + self._reply_ends_at_user_turn(now) + self.flush_user(now)
         # Pipecat's user turn starts when its turn strategy decides; speech began earlier.
         onset, offset = self._speech or (_edge(now), None)
         self._speech = None
@@ -251,10 +258,10 @@ class CallCapture:
         """Capture rule 4: every final counts, whatever ``finalized`` says."""
         if not isinstance(text, str) or not text.strip():
             return []
-        out: list[Record] = []
+        out = self._release()
         user = self._user
         if not user.parts and user.started is None:
-            out = self._reply_ends_at_user_turn(now)
+            out += self._reply_ends_at_user_turn(now)
             # Capture rule 6: no onset frame, so the VAD's, else the frame's time, else now.
             if self._speech is not None:
                 (user.started, user.speech_stopped), self._speech = self._speech, None
@@ -310,12 +317,20 @@ class CallCapture:
     # -- assistant ------------------------------------------------------------
 
     def bot_started(self, now: int) -> list[Record]:
-        out = self.flush_user(now)
+        self._bot_speaking = True
+        out = self._release() + self.flush_user(now)
         self._bot.started = _edge(now)
         return out
 
     def tts_text(
-        self, frame_id: int, text: str, spaced: bool, now: int, *, played: bool
+        self,
+        frame_id: int,
+        text: str,
+        spaced: bool,
+        now: int,
+        *,
+        played: bool,
+        context_id: object = None,
     ) -> list[Record]:
         """Capture rule 7: words the output transport released are the words heard."""
         seen = self._played_ids if played else self._generated_ids
@@ -324,26 +339,52 @@ class CallCapture:
         seen.add(frame_id)
         if not isinstance(text, str) or not text:
             return []
+        context = context_id if isinstance(context_id, str) and context_id else None
+        held = self._held
+        if played and held is not None and context is not None and context in held.contexts:
+            held.played.append((text, spaced))
+            return []
         out: list[Record] = []
         bot = self._bot
+        if played or not self.has_output_transport:
+            out = self._release()
         if (played and not bot.played) or (not bot.played and not bot.generated):
             bot.text_started = _edge(now)
-            if not self.has_output_transport:
-                # Capture rule 5: with no speaking frames, the reply starting is the boundary.
-                out = self.flush_user(now)
+            if not self.has_output_transport or (played and self._bot_speaking and not bot.started):
+                # Capture rule 5: the reply starting ends the caller's turn. With speaking
+                # frames BotStartedSpeaking does, but none comes while the transport still
+                # counts the bot as speaking from a start no word followed.
+                out += self.flush_user(now)
         (bot.played if played else bot.generated).append((text, spaced))
+        if context is not None and (played or not self.has_output_transport):
+            bot.contexts.add(context)
         return out
 
     def bot_stopped(self, now: int, *, interrupted: bool = False) -> list[Record]:
         """Capture rule 8: the turn ends at BotStoppedSpeaking or the interruption."""
-        self._bot.stopped = _edge(now)
-        return self.flush_assistant(now, interrupted=interrupted)
+        self._bot_speaking = False
+        bot = self._bot
+        bot.stopped = _edge(now)
+        if interrupted or not (bot.played and bot.contexts and self.has_output_transport):
+            return self.flush_assistant(now, interrupted=interrupted)
+        out = self._release()
+        self._held, self._bot = bot, _BotTurn()
+        return out
 
     def flush_assistant(self, now: int, *, interrupted: bool = False) -> list[Record]:
-        bot = self._bot
+        bot, self._bot = self._bot, _BotTurn()
+        return self._release() + self._close_reply(bot, now, interrupted=interrupted)
+
+    def _release(self) -> list[Record]:
+        """The held reply, closed where its audio ended."""
+        held, self._held = self._held, None
+        if held is None or held.stopped is None:
+            return []
+        return self._close_reply(held, held.stopped.ns, interrupted=False)
+
+    def _close_reply(self, bot: _BotTurn, now: int, *, interrupted: bool) -> list[Record]:
         parts = bot.played if self.has_output_transport else bot.generated
         # A turn with no words heard leaves nothing, its timing included.
-        self._bot = _BotTurn()
         if not parts:
             return []
         content = join_chunks(parts).strip()
@@ -395,6 +436,7 @@ class CallCapture:
                 return []
             self._tool_call_ids.add(call_id)
         return [
+            *self._release(),
             ToolCall(
                 seq=self._next_seq(),
                 tool_call_id=call_id,
@@ -402,7 +444,7 @@ class CallCapture:
                 arguments=arguments_to_json(arguments),
                 at_ns=now,
                 audio_offset_ms=self.offset_ms(now),
-            )
+            ),
         ]
 
     def tool_result(
@@ -427,6 +469,7 @@ class CallCapture:
             else:
                 self._tool_progress.add(call_id)
         return [
+            *self._release(),
             ToolResult(
                 seq=self._next_seq() if reported else 0,
                 tool_call_id=call_id,
@@ -436,10 +479,10 @@ class CallCapture:
                 failed=failed,
                 final=final,
                 reported=reported,
-            )
+            ),
         ]
 
     # -- end ------------------------------------------------------------------
 
     def flush_all(self, now: int) -> list[Record]:
-        return self.flush_user(now) + self.flush_assistant(now)
+        return self._release() + self.flush_user(now) + self.flush_assistant(now)

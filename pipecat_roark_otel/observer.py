@@ -496,6 +496,7 @@ class RoarkObserver(BaseObserver):
             bool(getattr(frame, "includes_inter_frame_spaces", False)),
             self._now(data),
             played=played,
+            context_id=getattr(frame, "context_id", None),
         )
         if records:
             self._emit(records)

@@ -99,6 +99,38 @@ async def test_rule_08_a_turn_with_no_played_words_leaves_nothing_not_even_timin
     assert unix_s(turn["endTimestamp"]) >= unix_s(turn["timestamp"])
 
 
+@E2E
+async def test_rule_07_a_word_released_after_the_audio_ended_is_still_that_replys(
+    exporter: RoarkSpanExporter, roark: LocalRoark
+) -> None:
+    """7/8. The output transport releases a word's text at its pts, on its own clock; on a
+    starved loop that lands after the TTSStoppedFrame ended the reply. The word was heard."""
+
+    async def script(d: Driver) -> None:
+        d.bot_stopped.clear()
+        await d.push_frame(TTSStartedFrame(context_id="reply-1"))
+        for word in ("How", "can", "I"):
+            await d.push_frame(TTSTextFrame(word, "word", context_id="reply-1"))
+            await d.push_frame(TTSAudioRawFrame(tone(0.15, RATE), RATE, 1, context_id="reply-1"))
+        late = TTSTextFrame("help?", "word", context_id="reply-1")
+        late.pts = d.get_clock().get_time() + 400_000_000  # after the audio has played out
+        await d.push_frame(late)
+        await d.push_frame(TTSAudioRawFrame(tone(0.15, RATE), RATE, 1, context_id="reply-1"))
+        await d.push_frame(TTSStoppedFrame(context_id="reply-1"))
+        await d.bot_stopped.wait()
+        d.mark("stopped")
+        await asyncio.sleep(0.6)  # "help?" is released in here
+        # The next reply, another context: a turn of its own.
+        await d.speak("Anything else?")
+
+    call, driver = await driven_call(exporter, roark, script, speed=16.0)
+    ended = call["ended"]
+    assert turns(ended) == [("assistant", "How can I help?"), ("assistant", "Anything else?")]
+    # The turn still ends where its audio did, not when the late word came.
+    first = ended["transcript"][0]
+    assert unix_s(first["endTimestamp"]) <= driver.marks["stopped"] + 0.05
+
+
 async def text_only_reply(d: Driver, text: str) -> None:
     """A reply generated with no output transport after it: no speaking frames, no playout."""
     await asyncio.sleep(0.05)
