@@ -25,8 +25,7 @@ from pipecat.adapters.llm.schemas.tools_schema import ToolsSchema
 from pipecat.audio.vad.silero import SileroVADAnalyzer
 from pipecat.frames.frames import EndWorkerFrame, FunctionCallResultProperties, LLMRunFrame
 from pipecat.pipeline.pipeline import Pipeline
-from pipecat.pipeline.runner import PipelineRunner
-from pipecat.pipeline.task import PipelineParams, PipelineTask
+from pipecat.pipeline.worker import PipelineParams, PipelineWorker
 from pipecat.processors.aggregators.llm_context import LLMContext
 from pipecat.processors.aggregators.llm_response_universal import (
     LLMContextAggregatorPair,
@@ -39,6 +38,7 @@ from pipecat.services.deepgram.stt import DeepgramSTTService
 from pipecat.services.llm_service import FunctionCallParams
 from pipecat.services.openai.llm import OpenAILLMService
 from pipecat.transports.base_transport import BaseTransport, TransportParams
+from pipecat.workers.runner import WorkerRunner
 
 from pipecat_roark_otel import RoarkObserver
 from pipecat_roark_otel.exporter import RoarkSpanExporter
@@ -101,7 +101,7 @@ def setup_tracing() -> TracerProvider:
 
 def build_task(
     transport: BaseTransport, runner_args: Any = None, *, sample_rate: int | None = None
-) -> tuple[PipelineTask, RoarkObserver]:
+) -> tuple[PipelineWorker, RoarkObserver]:
     """The pipeline, with the observer wired in (it records the call too).
 
     ``sample_rate`` pins the pipeline's audio rate (8000 on a phone line); by default
@@ -111,7 +111,9 @@ def build_task(
         api_key=os.environ["DEEPGRAM_API_KEY"], base_url=os.getenv("DEEPGRAM_BASE_URL", "")
     )
     llm = OpenAILLMService(
-        api_key=os.environ["OPENAI_API_KEY"], base_url=os.getenv("OPENAI_BASE_URL")
+        api_key=os.environ["OPENAI_API_KEY"],
+        base_url=os.getenv("OPENAI_BASE_URL"),
+        settings=OpenAILLMService.Settings(system_instruction=SYSTEM_PROMPT),
     )
     llm.register_function("lookup_order", lookup_order)
     llm.register_function("end_call", end_call)
@@ -122,7 +124,7 @@ def build_task(
             voice=os.getenv("CARTESIA_VOICE_ID", "71a7ad14-091c-4e8e-a314-022ece01c121")
         ),
     )
-    context = LLMContext([{"role": "system", "content": SYSTEM_PROMPT}], tools=TOOLS)
+    context = LLMContext(tools=TOOLS)
     aggregators = LLMContextAggregatorPair(
         context, user_params=LLMUserAggregatorParams(vad_analyzer=SileroVADAnalyzer())
     )
@@ -145,7 +147,7 @@ def build_task(
     )
     rates = {"audio_in_sample_rate": sample_rate, "audio_out_sample_rate": sample_rate}
     rates = {name: rate for name, rate in rates.items() if rate}
-    task = PipelineTask(
+    task = PipelineWorker(
         pipeline,
         params=PipelineParams(enable_metrics=True, enable_usage_metrics=True, **rates),
         observers=[roark],
@@ -162,7 +164,7 @@ def build_task(
 
 
 def end_call_on_disconnect(
-    transport: BaseTransport, task: PipelineTask, roark: RoarkObserver
+    transport: BaseTransport, task: PipelineWorker, roark: RoarkObserver
 ) -> None:
     """The caller hanging up ends the call (the README's disconnect wiring)."""
 
@@ -189,7 +191,9 @@ async def bot(runner_args: RunnerArguments) -> None:
         )
     task, roark = build_task(transport, runner_args, sample_rate=sample_rate)
     end_call_on_disconnect(transport, task, roark)
-    await PipelineRunner(handle_sigint=runner_args.handle_sigint).run(task)
+    runner = WorkerRunner(handle_sigint=runner_args.handle_sigint)
+    await runner.add_workers(task)
+    await runner.run()
     provider.force_flush()
 
 

@@ -8,8 +8,8 @@ from types import ModuleType
 
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
-from pipecat.pipeline.runner import PipelineRunner
 from pipecat.runner.types import WebSocketRunnerArguments
+from pipecat.workers.runner import WorkerRunner
 
 from examples.offline.vendors import Agent, Vendors
 from pipecat_roark_otel import semconv
@@ -81,6 +81,10 @@ async def test_a_complete_phone_call_and_its_trace(
         m["role"] == "tool" and m["tool_call_id"] == lookup and "shipped" in m["content"]
         for m in vendors.chat_requests[-2]["messages"]
     )
+    # The system prompt, set on the LLM service, opens every request.
+    for request in vendors.chat_requests:
+        first = request["messages"][0]
+        assert first["role"] == "system" and bot.SYSTEM_PROMPT in first["content"], first
 
     # Stereo at the phone line's 8 kHz; each side's audio where its turns say.
     rec = Recording.parse(call["wav"])
@@ -136,7 +140,9 @@ async def test_without_the_disconnect_wiring_pipecat_still_ends_the_call(
         runner_args.pipeline_idle_timeout_secs = 5
         transport = await bot.twilio_transport(runner_args)
         task, _ = bot.build_task(transport, runner_args, sample_rate=8000)
-        await PipelineRunner(handle_sigint=False).run(task)
+        runner = WorkerRunner(handle_sigint=False)
+        await runner.add_workers(task)
+        await runner.run()
 
     async with phone_call(forgot_the_wiring, vendors) as (caller, runs):
         await caller.wait_for_bot_speech(0.5)
