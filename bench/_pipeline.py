@@ -9,9 +9,11 @@ loop takes them (a small in-flight window keeps queues short), or paced in real 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import os
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -342,6 +344,7 @@ class CallResult:
     wall_s: float
     end_cpu_s: float  # EndFrame to the exporters flushed
     max_queue: int  # deepest the observer-under-test's queue got
+    delivery_cpu_s: float = 0.0  # of cpu_s, our delivery threads'
 
 
 async def run_call(
@@ -389,11 +392,12 @@ async def run_call(
 
         if collect:
             gc.collect()
-        w0, c0 = time.perf_counter(), clock()
+        w0, c0, d0 = time.perf_counter(), clock(), delivery_cpu()
         result.frames = await source.run_script(sample)
         for queue in queues.values():
             await queue.join()
         result.cpu_s = clock() - c0
+        result.delivery_cpu_s = delivery_cpu() - d0
         result.wall_s = time.perf_counter() - w0
         ended[0] = clock()
         await task.queue_frame(EndFrame())
@@ -408,6 +412,16 @@ async def run_call(
         await asyncio.to_thread(target.force_flush, 10_000)
     result.end_cpu_s = clock() - ended[0]
     return result
+
+
+def delivery_cpu() -> float:
+    """CPU seconds of our delivery threads so far (Linux: each thread's CPU clock)."""
+    total = 0.0
+    for thread in threading.enumerate():
+        if thread.name.startswith("roark-delivery") and thread.ident is not None:
+            with contextlib.suppress(OSError, ProcessLookupError):
+                total += time.clock_gettime(time.pthread_getcpuclockid(thread.ident))
+    return total
 
 
 def rss_bytes() -> int:

@@ -54,6 +54,7 @@ def summarize(results: dict[str, list[p.CallResult]]) -> dict[str, Any]:
             "frames": rs[0].frames,
             "us_per_frame": p.median(us),
             "us_per_frame_runs": us,
+            "delivery_us": p.median([r.delivery_cpu_s / r.frames * 1e6 for r in rs]),
             "end_cpu_ms": p.median([r.end_cpu_s * 1e3 for r in rs]),
             "max_queue": max(r.max_queue for r in rs),
         }
@@ -87,11 +88,13 @@ def render(per: dict[str, Any]) -> str:
                 r["us_per_frame"],
                 r["extra_us"] if r["extra_us"] is not None else "-",
                 f"{ratio:.2f}x" if ratio is not None else "-",
+                r["delivery_us"] if r["delivery_us"] else "-",
                 r["end_cpu_ms"],
                 r["max_queue"],
             ]
         )
-    headers = ["variant", "frames", "us/frame", "extra us", "x no-op extra", "end ms", "max q"]
+    headers = ["variant", "frames", "us/frame", "extra us", "x no-op extra", "delivery us"]
+    headers += ["end ms", "max q"]
     return p.table(headers, rows)
 
 
