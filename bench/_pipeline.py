@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import json
 import os
 import tempfile
 import threading
@@ -482,6 +483,17 @@ def results_path(name: str) -> Path:
     out = Path(__file__).resolve().parent / "results"
     out.mkdir(exist_ok=True)
     return out / f"{name}.json"
+
+
+def write_results(bench: str, out: str, started: float, **fields: Any) -> dict[str, Any]:
+    """Say how long the run took (since ``started``, monotonic) and write its JSON."""
+    elapsed = time.monotonic() - started
+    print(f"({elapsed:.0f} s)")
+    doc = {"bench": bench, "machine": machine(), **fields, "elapsed_s": elapsed}
+    path = results_path(out)
+    path.write_text(json.dumps(doc, indent=2))
+    print(f"wrote {path}")
+    return doc
 
 
 def table(headers: list[str], rows: list[list[Any]]) -> str:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import time
 from typing import Any
 
@@ -105,21 +104,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             rows,
         )
     )
-    elapsed = time.monotonic() - t0
-    print(f"({elapsed:.0f} s)")
-    doc = {
-        "bench": "loop_lag",
-        "machine": p.machine(),
-        "seconds": args.seconds,
-        "speed": args.speed,
-        "runs": args.runs,
-        "elapsed_s": elapsed,
-        "results": per,
-    }
-    path = p.results_path(args.out)
-    path.write_text(json.dumps(doc, indent=2))
-    print(f"wrote {path}")
-    return doc
+    settings = {"seconds": args.seconds, "speed": args.speed, "runs": args.runs}
+    return p.write_results("loop_lag", args.out, t0, **settings, results=per)
 
 
 if __name__ == "__main__":

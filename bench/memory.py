@@ -386,13 +386,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(p.table(headers, table_rows))
     for line in verdict(rows):
         print(line)
-    elapsed = time.monotonic() - t0
-    print(f"({elapsed:.0f} s)")
-    doc = {"bench": "memory", "machine": p.machine(), "elapsed_s": elapsed, "rows": rows}
-    path = p.results_path(args.out)
-    path.write_text(json.dumps(doc, indent=2))
-    print(f"wrote {path}")
-    return doc
+    return p.write_results("memory", args.out, t0, rows=rows)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import time
 from typing import Any
 
@@ -148,21 +147,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(render(per))
     for line in verdict(per):
         print(line)
-    elapsed = time.monotonic() - t0
-    print(f"({elapsed:.0f} s)")
-    doc = {
-        "bench": "overhead",
-        "machine": p.machine(),
-        "seconds": args.seconds,
-        "runs": args.runs,
-        "elapsed_s": elapsed,
-        "target_ratio": TARGET_RATIO,
-        "results": per,
-    }
-    path = p.results_path(args.out)
-    path.write_text(json.dumps(doc, indent=2))
-    print(f"wrote {path}")
-    return doc
+    return p.write_results(
+        "overhead",
+        args.out,
+        t0,
+        seconds=args.seconds,
+        runs=args.runs,
+        target_ratio=TARGET_RATIO,
+        results=per,
+    )
 
 
 if __name__ == "__main__":
