@@ -15,7 +15,6 @@ import pytest
 pipecat_roark = pytest.importorskip("pipecat_roark", reason="pip install -e '.[bench]'")
 
 from pipecat.pipeline.pipeline import Pipeline  # noqa: E402
-from pipecat.pipeline.runner import PipelineRunner  # noqa: E402
 from pipecat.pipeline.task import PipelineParams, PipelineTask  # noqa: E402
 
 from pipecat_roark_otel import RoarkObserver  # noqa: E402
@@ -30,6 +29,7 @@ from pipecat_roark_otel.simulation import (  # noqa: E402
 )
 
 from .conftest import Otel  # noqa: E402
+from .support.capture import run  # noqa: E402
 
 SCRIPTS = {
     "greeting-tool-interruption": DEFAULT_SCRIPT,
@@ -51,25 +51,30 @@ def _without_timing(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{k: v for k, v in r.items() if k not in TIMING} for r in records]
 
 
-async def _run_both(roark: LocalRoark, name: str, script: Script) -> None:
-    ours = RoarkObserver(agent_id="a", agent_name="A", conversation_id=f"ours-{name}")
+def _both(
+    roark: LocalRoark, name: str, script: Script, speed: float, **agent: str
+) -> tuple[RoarkObserver, Any, PipelineTask]:
+    """Ours (call ``ours-<name>``) and the reference (``ref-<name>``) on one simulated call."""
+    ours = RoarkObserver(agent_id="a", conversation_id=f"ours-{name}", **agent)
     ref = pipecat_roark.RoarkObserver(
-        api_key=roark.api_key,
-        agent_id="a",
-        agent_name="A",
-        runner_args={"session_id": f"ref-{name}"},
+        api_key=roark.api_key, agent_id="a", runner_args={"session_id": f"ref-{name}"}, **agent
     )
     # The reference hard-codes api.roark.ai; point its client at the local Roark.
     ref._client._webhook_url = f"{roark.base_url}/v1/integrations/pipecat"
     ref._client._chunk_upload_url_endpoint = f"{ref._client._webhook_url}/chunk-upload-url"
-    sim = SimulatedCall(Script(script.exchanges, greeting=script.greeting, speed=8))
+    sim = SimulatedCall(Script(script.exchanges, greeting=script.greeting, speed=speed))
     task = PipelineTask(
         Pipeline([*sim.processors(ours.audio_processor), ref.audio_processor]),
         params=PipelineParams(audio_out_sample_rate=24_000),
         observers=[ours, ref],
         enable_tracing=True,
     )
-    await PipelineRunner(handle_sigint=False).run(task)
+    return ours, ref, task
+
+
+async def _run_both(roark: LocalRoark, name: str, script: Script) -> None:
+    _, ref, task = _both(roark, name, script, 8, agent_name="A")
+    await run(task)
     await ref.aflush()  # waits for its own call-ended send
 
 
@@ -113,20 +118,8 @@ async def test_ending_early_matches_the_reference(
     how: str, exporter: RoarkSpanExporter, roark: LocalRoark, otel: Otel
 ) -> None:
     """The host cancels mid-call, or a disconnect handler calls aflush() first."""
-    ours = RoarkObserver(agent_id="a", conversation_id=f"ours-{how}")
-    ref = pipecat_roark.RoarkObserver(
-        api_key=roark.api_key, agent_id="a", runner_args={"session_id": f"ref-{how}"}
-    )
-    ref._client._webhook_url = f"{roark.base_url}/v1/integrations/pipecat"
-    ref._client._chunk_upload_url_endpoint = f"{ref._client._webhook_url}/chunk-upload-url"
-    sim = SimulatedCall(Script(DEFAULT_SCRIPT.exchanges, greeting=DEFAULT_SCRIPT.greeting, speed=2))
-    task = PipelineTask(
-        Pipeline([*sim.processors(ours.audio_processor), ref.audio_processor]),
-        params=PipelineParams(audio_out_sample_rate=24_000),
-        observers=[ours, ref],
-        enable_tracing=True,
-    )
-    running = asyncio.ensure_future(PipelineRunner(handle_sigint=False).run(task))
+    ours, ref, task = _both(roark, how, DEFAULT_SCRIPT, 2)
+    running = asyncio.ensure_future(run(task))
     await asyncio.sleep(2.5)  # the greeting has played; the caller is mid-turn
     if how == "aflush":
         await ours.aflush(reason="client-disconnected")
