@@ -26,6 +26,7 @@ _LENGTH: Final = re.compile(rb"\r\ncontent-length\s*:\s*(\d+)", re.IGNORECASE)
 class Counts:
     def __init__(self) -> None:
         self.requests = 0
+        self.connections = 0
         self.seen: dict[bytes, set[bytes]] = {b"call-started": set(), b"call-ended": set()}
         self.repeats = 0
 
@@ -44,6 +45,7 @@ class Counts:
         return json.dumps(
             {
                 "requests": self.requests,
+                "connections": self.connections,
                 "started": len(self.seen[b"call-started"]),
                 "ended": len(self.seen[b"call-ended"]),
                 "repeats": self.repeats,
@@ -61,6 +63,7 @@ class _Conn(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
+        self._counts.connections += 1
 
     def data_received(self, data: bytes) -> None:
         self._buf += data

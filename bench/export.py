@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import http.client
 import json
 import pickle
 import re
@@ -24,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -185,7 +187,7 @@ def throughput(
     before = 0 if received is None else count()
     got = 0
     while got < calls and time.perf_counter() - t0 < 120:
-        time.sleep(0.005)
+        time.sleep(0.02)
         got = count() - before
     deliver_s = time.perf_counter() - t0
     flushed = exporter.force_flush(60_000)
@@ -274,10 +276,20 @@ def _json_bytes(body: dict[str, Any]) -> bytes:
     return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
 
 
-def receiver_stats(base_url: str) -> dict[str, int]:
-    """What ``bench/_receiver.py`` counted: requests, distinct started/ended ids, repeats."""
-    with urllib.request.urlopen(f"{base_url}/stats", timeout=10) as r:
-        return dict(json.loads(r.read()))
+class ReceiverStats:
+    """What ``bench/_receiver.py`` counted: requests, connections, distinct started/ended
+    ids, repeats. One keep-alive connection: polling must cost the measured process little."""
+
+    def __init__(self, base_url: str) -> None:
+        parts = urllib.parse.urlsplit(base_url)
+        self._conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=10)
+
+    def __call__(self) -> dict[str, int]:
+        self._conn.request("GET", "/stats")
+        return dict(json.loads(self._conn.getresponse().read()))
+
+    def ended(self) -> int:
+        return self()["ended"]
 
 
 def roark_ended(base_url: str, prefix: str) -> int:
@@ -314,15 +326,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             roark["roark_lists_ended"] = roark_ended(url, "tput-")
             roark_top = server_ceiling(url, short_call, n_ceiling, args.processes, tmp)
         with minimal_receiver() as url:
-            fast = throughput(
-                url,
-                short_call,
-                args.deliver,
-                tmp / "bench-run",
-                lambda: receiver_stats(url)["ended"],
-            )
+            stats = ReceiverStats(url)
+            fast = throughput(url, short_call, args.deliver, tmp / "bench-run", stats.ended)
+            fast["receiver"] = stats()
             fast_top = server_ceiling(url, short_call, n_ceiling, args.processes, tmp)
-            fast["receiver"] = receiver_stats(url)
     print(
         f"export() of a finished {args.turns}-turn call ({lat['spans_per_call']} spans), "
         f"{args.calls} calls"

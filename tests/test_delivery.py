@@ -203,6 +203,31 @@ def test_headers_key_on_api_and_none_on_presigned_put(
             assert str(request.url).startswith(f"{BASE}/v1/integrations/pipecat")
 
 
+def test_a_request_left_hanging_frees_its_lane_for_other_calls(
+    tmp_path: Path, engines: Callable[..., Engine]
+) -> None:
+    """One lane by default: a request Roark sits on must not hold up every other call."""
+    fake = FakeRoark()
+    release = threading.Event()
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if json.loads(request.content).get("pipecatCallId") == "slow":
+            assert release.wait(10)
+        return fake(request)
+
+    engine = engines(tmp_path / "spool", BASE, transport=httpx.MockTransport(handler), lanes=1)
+    whole_call(engine, "slow", chunks=0)
+    wait_until(lambda: engine.stats()["in_flight"] == 1)
+    for cid in ("a", "b", "c"):
+        whole_call(engine, cid, chunks=0)
+    try:
+        wait_until(lambda: fake.kinds().count("call-ended") == 3)
+    finally:
+        release.set()
+    assert engine.force_flush(5)
+    assert [what["pipecatCallId"] for kind, what in fake.log if kind == "call-ended"][-1] == "slow"
+
+
 def test_retries_5xx_and_honours_retry_after(
     tmp_path: Path, engines: Callable[..., Engine]
 ) -> None:

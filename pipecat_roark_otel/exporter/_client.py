@@ -17,6 +17,7 @@ from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY, attach, detach,
 
 from ..config import RoarkSettings
 from ._payloads import ChunkUploadRequest, PresignReply
+from ._transport import Http11Transport
 
 EVENTS_PATH: Final = "/v1/integrations/pipecat"
 PRESIGN_PATH: Final = "/v1/integrations/pipecat/chunk-upload-url"
@@ -80,8 +81,19 @@ def _check(response: httpx.Response) -> Reply:
     return Reply(response.status_code, response.text)
 
 
+def _json(body: dict[str, Any]) -> bytes:
+    # What httpx's ``json=`` sends, without its per-request encoder setup.
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+
+
 class RoarkClient:
-    """Synchronous, used only from delivery threads; ``httpx.Client`` is thread-safe."""
+    """Synchronous, used only from delivery threads; ``httpx.Client`` is thread-safe.
+
+    Requests are built once per call of ours (URL parsed once, headers merged once) and go
+    through ``Client.send``: the client's proxies, TLS and transport still apply, without
+    ``Client.request``'s merging of URL, headers, cookies and params on every request.
+    Direct connections use :class:`Http11Transport` unless a transport is given.
+    """
 
     def __init__(
         self,
@@ -90,49 +102,71 @@ class RoarkClient:
         transport: httpx.BaseTransport | None = None,
         timeout: float = 10.0,
     ) -> None:
-        self._events_url = settings.base_url + EVENTS_PATH
-        self._presign_url = settings.base_url + PRESIGN_PATH
+        self._events_url = httpx.URL(settings.base_url + EVENTS_PATH)
+        self._presign_url = httpx.URL(settings.base_url + PRESIGN_PATH)
         self._timeout = timeout
+        route: dict[str, Any] = {"transport": transport}
+        if transport is None:
+            # A catch-all mount rather than transport=: httpx then still mounts its own
+            # transports for proxies from the environment, and those take precedence.
+            route = {"mounts": {"all://": Http11Transport(httpx.create_ssl_context())}}
         self._api = httpx.Client(
-            transport=transport,
             timeout=timeout,
             headers={
                 "x-roark-api-key": settings.api_key,
                 "authorization": f"Bearer {settings.api_key}",
                 "user-agent": _USER_AGENT,
             },
+            **route,
         )
         # Presigned URLs reject any auth header: a separate client that never has one.
-        self._bare = httpx.Client(
-            transport=transport, timeout=timeout, headers={"user-agent": _USER_AGENT}
-        )
+        self._bare = httpx.Client(timeout=timeout, headers={"user-agent": _USER_AGENT}, **route)
+        self._json_headers = httpx.Headers(self._api.headers)
+        self._json_headers["content-type"] = "application/json"
+        self._pcm_headers = httpx.Headers(self._bare.headers)
+        self._pcm_headers["content-type"] = PCM_CONTENT_TYPE
 
     def _send(
-        self, client: httpx.Client, method: str, url: str, timeout: float | None, **kw: Any
+        self,
+        client: httpx.Client,
+        method: str,
+        url: httpx.URL | str,
+        timeout: float | None,
+        content: bytes,
+        headers: httpx.Headers,
     ) -> Reply:
+        limit = httpx.Timeout(self._timeout if timeout is None else timeout)
         try:
+            request = httpx.Request(
+                method,
+                url,
+                content=content,
+                headers=headers,
+                extensions={"timeout": limit.as_dict()},
+            )
             with _suppressed():
-                response = client.request(
-                    method, url, timeout=self._timeout if timeout is None else timeout, **kw
-                )
+                response = client.send(request)
         except httpx.HTTPError as exc:  # no str(exc): it may carry a presigned URL
             raise RoarkHTTPError(None, type(exc).__name__) from None
         return _check(response)
 
     def post_event(self, body: dict[str, Any], *, timeout: float | None = None) -> Reply:
-        return self._send(self._api, "POST", self._events_url, timeout, json=body)
+        return self._send(
+            self._api, "POST", self._events_url, timeout, _json(body), self._json_headers
+        )
 
     def presign(self, call_id: str, index: int, *, timeout: float | None = None) -> PresignReply:
-        request = ChunkUploadRequest(pipecatCallId=call_id, chunkIndex=index).wire()
-        reply = self._send(self._api, "POST", self._presign_url, timeout, json=request)
+        request = _json(ChunkUploadRequest(pipecatCallId=call_id, chunkIndex=index).wire())
+        reply = self._send(
+            self._api, "POST", self._presign_url, timeout, request, self._json_headers
+        )
         try:
             return PresignReply.parse_reply(json.loads(reply.text))
         except (ValueError, pydantic.ValidationError):
             raise RoarkHTTPError(None, "presign reply without a usable uploadUrl") from None
 
     def put_chunk(self, url: str, pcm: bytes, *, timeout: float | None = None) -> Reply:
-        headers = {"content-type": PCM_CONTENT_TYPE}
-        return self._send(self._bare, "PUT", url, timeout, content=pcm, headers=headers)
+        return self._send(self._bare, "PUT", url, timeout, pcm, self._pcm_headers)
 
     def close(self) -> None:
         self._api.close()

@@ -37,6 +37,8 @@ class DeliveryOptions:
     grace_period: float = 60.0  # end record in, a segment or chunk still missing: send anyway
     orphan_timeout: float = 7200.0  # no activity and no end: synthesize call-ended "orphaned"
     workers: int = 4
+    lanes: int = 1  # workers busy at once, plus those waiting on a slow request (_scheduler)
+    slow_request: float = 0.005  # a request out this long frees its worker's lane
     handoff_limit: int = 64 * 1024 * 1024  # bytes of audio waiting in memory to be persisted
     request_timeout: float = 10.0
     rescan_interval: float = 2.0  # how often other processes' writes are picked up
@@ -106,7 +108,7 @@ class Delivery:
         _instances.add(self)
 
     def _init_state(self) -> None:
-        self._sched = Scheduler()
+        self._sched = Scheduler(lanes=self._opts.lanes, slow_request=self._opts.slow_request)
         self._stats = Stats(self.outbox.depth)
         self._handoff = Handoff(
             self.outbox, self._stats, self._opts.handoff_limit, self._sched.mark_dirty
@@ -121,6 +123,7 @@ class Delivery:
             self._request_timeout,
             clock=self._clock,
             rng=self._rng,
+            sending=self._sched.sending,
         )
         self._accepting = True
         self._deadline: float | None = None  # monotonic; set by shutdown
@@ -283,7 +286,11 @@ class Delivery:
                 self._finish(key, result)
 
     def _finish(self, key: str, result: Next) -> None:
-        sig = self.outbox.signature(key)
+        try:
+            sig = self.outbox.signature(key)
+        except OSError:  # the spool is unreadable: the call stays known, and its worker's lane
+            sig = -1  # must be given back whatever the disk says
+
         self._sched.finish(key, sig, result, self._clock())
         if self._gate.take_recovered():  # the endpoint is back: everyone goes now
             self._steps.forget_attempts()

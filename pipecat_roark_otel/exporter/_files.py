@@ -1,4 +1,9 @@
-"""Small file helpers of the outbox: atomic writes, appends, private folders."""
+"""Small file helpers of the outbox: atomic writes, appends, private folders.
+
+Plain ``os`` calls rather than ``open()``: a buffered file object costs an fstat, an
+isatty ioctl and lseeks per open, and each system call lets another delivery thread take
+the GIL; delivery opens several files per call.
+"""
 
 from __future__ import annotations
 
@@ -7,43 +12,77 @@ import json
 import os
 import secrets
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeAlias
 
 from ._state import SentLog
 
 TMP_PREFIX: Final = ".tmp-"
+_CLOEXEC: Final = getattr(os, "O_CLOEXEC", 0)
+_BINARY: Final = getattr(os, "O_BINARY", 0)  # Windows: no newline translation
+_READ: Final = os.O_RDONLY | _CLOEXEC | _BINARY
+_FILE_MODE: Final = 0o666  # as open() makes them, less the umask; the folders are private
+
+StrPath: TypeAlias = "str | os.PathLike[str]"
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f"{TMP_PREFIX}{os.getpid()}-{secrets.token_hex(6)}-{path.name}")
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def write_atomic(path: StrPath, data: bytes) -> None:
+    head, name = os.path.split(os.fspath(path))
+    tmp = os.path.join(head, f"{TMP_PREFIX}{os.getpid()}-{secrets.token_hex(6)}-{name}")
     try:
-        with open(tmp, "xb") as f:
-            f.write(data)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _CLOEXEC | _BINARY, _FILE_MODE)
+        try:
+            _write_all(fd, data)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
-            tmp.unlink()
+            os.unlink(tmp)
         raise
 
 
-def append_line(path: Path, data: bytes) -> None:
-    with open(path, "ab") as f:
-        f.write(data)
+def append_line(path: StrPath, data: bytes) -> None:
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | _CLOEXEC | _BINARY
+    fd = os.open(path, flags, _FILE_MODE)
+    try:
+        _write_all(fd, data)
+    finally:
+        os.close(fd)
+
+
+def touch_new(path: StrPath) -> None:
+    """Create an empty file (or leave one that exists): a marker needs no tmp and rename."""
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | _CLOEXEC | _BINARY, _FILE_MODE))
+
+
+def read_bytes(path: StrPath) -> bytes:
+    fd = os.open(path, _READ)
+    try:
+        parts = []
+        while part := os.read(fd, 1 << 20):
+            parts.append(part)
+    finally:
+        os.close(fd)
+    return parts[0] if len(parts) == 1 else b"".join(parts)  # b"" when empty
 
 
 def dumps(obj: Any) -> bytes:
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
 
 
-def read_json(path: Path) -> Any:
-    with open(path, "rb") as f:
-        return json.loads(f.read())
+def read_json(path: StrPath) -> Any:
+    return json.loads(read_bytes(path))
 
 
-def read_log(path: Path) -> SentLog:
+def read_log(path: StrPath) -> SentLog:
     try:
-        with open(path, "rb") as f:
-            return SentLog.parse(f.read())
+        return SentLog.parse(read_bytes(path))
     except FileNotFoundError:
         return SentLog(frozenset(), frozenset())
 

@@ -30,7 +30,7 @@ LockMode = Literal["auto", "flock", "excl"]
 class CallLock:
     """One held call lock; release it exactly once (``with`` does)."""
 
-    def __init__(self, path: Path, fd: int | None, mode: Literal["flock", "excl"]) -> None:
+    def __init__(self, path: str, fd: int | None, mode: Literal["flock", "excl"]) -> None:
         self._path = path
         self._fd = fd
         self._mode = mode
@@ -48,7 +48,7 @@ class CallLock:
             return
         self._released = True
         with contextlib.suppress(OSError):
-            self._path.unlink()
+            os.unlink(self._path)
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
@@ -68,7 +68,9 @@ def resolve_mode(mode: LockMode) -> Literal["flock", "excl"]:
     return mode
 
 
-def try_lock(path: Path, mode: Literal["flock", "excl"], *, stale_after: float) -> CallLock | None:
+def try_lock(
+    path: str | Path, mode: Literal["flock", "excl"], *, stale_after: float
+) -> CallLock | None:
     """The lock at ``path``, or ``None`` if another thread or process holds it."""
     if mode == "flock":
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
@@ -84,18 +86,18 @@ def try_lock(path: Path, mode: Literal["flock", "excl"], *, stale_after: float) 
         if not same:
             os.close(fd)
             return None
-        return CallLock(path, fd, "flock")
+        return CallLock(os.fspath(path), fd, "flock")
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
         try:
-            age = time.time() - path.stat().st_mtime
+            age = time.time() - os.stat(path).st_mtime
         except FileNotFoundError:
             return None
         if age > stale_after:  # its holder died; the next try takes it
             with contextlib.suppress(OSError):
-                path.unlink()
+                os.unlink(path)
         return None
     os.write(fd, str(os.getpid()).encode())
     os.close(fd)
-    return CallLock(path, None, "excl")
+    return CallLock(os.fspath(path), None, "excl")

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import os
 import secrets
 import shutil
@@ -35,8 +36,10 @@ from ._files import (
     append_line,
     dumps,
     mkdir_private,
+    read_bytes,
     read_json,
     read_log,
+    touch_new,
     write_atomic,
 )
 from ._items import ENDED, STARTED, ItemId, chunk, segment
@@ -56,6 +59,17 @@ Write = Callable[[Path, bytes], None]
 def call_key(call_id: str) -> str:
     """The directory name of a call: the raw id never appears in a path."""
     return hashlib.sha256(call_id.encode()).hexdigest()[:_KEY_LEN]
+
+
+def _remove_folder(path: str) -> None:
+    """A retired call's folder holds only files: unlink them, then the folder."""
+    try:
+        with os.scandir(path) as entries:
+            for e in entries:
+                os.unlink(e.path)
+        os.rmdir(path)
+    except OSError:  # not just files after all, or a racing remover: the thorough way
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def is_key(text: str) -> bool:
@@ -95,6 +109,14 @@ class Outbox:
         self.trash_dir = base / "trash"
         for d in (base, self.calls_dir, self.dead_dir, self.done_dir, self.locks_dir):
             mkdir_private(d)
+        # The same folders as strings: delivery joins paths per file, and pathlib costs more.
+        self._calls = str(self.calls_dir)
+        self._done = str(self.done_dir)
+        self._dead = str(self.dead_dir)
+        self._locks = str(self.locks_dir)
+        self._trash = str(self.trash_dir)
+        self._retired = itertools.count()
+        self._trash_tag = secrets.token_hex(4)
 
     # -- writing (any thread, any process) -------------------------------------------------
 
@@ -164,21 +186,21 @@ class Outbox:
     def signature(self, key: str) -> int | None:
         """Changes whenever a file is added to or removed from the call's directory."""
         try:
-            return (self.calls_dir / key).stat().st_mtime_ns
+            return os.stat(f"{self._calls}/{key}").st_mtime_ns
         except FileNotFoundError:
             return None
 
     def call_id(self, key: str) -> str | None:
         try:
-            value = read_json(self.calls_dir / key / "call.json").get("callId")
+            value = read_json(f"{self._calls}/{key}/call.json").get("callId")
         except (OSError, ValueError, AttributeError):
             return None
         return value if isinstance(value, str) and value else None
 
     def read(self, key: str) -> CallState | None:
         """Snapshot a call under its lock; ``None`` if it is gone (completed elsewhere)."""
-        d = self.calls_dir / key
-        if (self.done_dir / key).exists():
+        d = f"{self._calls}/{key}"
+        if os.path.exists(f"{self._done}/{key}"):
             self._retire(key)  # a late duplicate recreated the directory
             return None
         try:
@@ -210,7 +232,7 @@ class Outbox:
             # Nothing but the directory yet: a writer between mkdir and its first file (maybe
             # in another process). Its age, not the epoch, is how long it has been idle.
             try:
-                last = d.stat().st_mtime
+                last = os.stat(d).st_mtime
             except FileNotFoundError:
                 return None
         return CallState(
@@ -221,21 +243,22 @@ class Outbox:
             chunks=frozenset(found["chunk"]),
             end=end_mtime is not None,
             end_mtime=end_mtime,
-            log=read_log(d / "sent.log"),
+            log=read_log(f"{d}/sent.log"),
             last_activity=last,
         )
 
     def load_json(self, key: str, item: ItemId) -> Any:
-        return read_json(self.calls_dir / key / item.filename)
+        return read_json(f"{self._calls}/{key}/{item.filename}")
+
+    def load_bytes(self, key: str, item: ItemId) -> bytes:
+        return read_bytes(f"{self._calls}/{key}/{item.filename}")
 
     def load_end(self, key: str) -> EndRecord:
         """Raises OSError, ValueError (damaged JSON) or pydantic's ValidationError."""
-        with open(self.calls_dir / key / ENDED.filename, "rb") as f:
-            return EndRecord.model_validate_json(f.read())
+        return EndRecord.model_validate_json(read_bytes(f"{self._calls}/{key}/{ENDED.filename}"))
 
     def load_chunk(self, key: str, index: int) -> bytes:
-        with open(self.calls_dir / key / chunk(index).filename, "rb") as f:
-            return f.read()
+        return read_bytes(f"{self._calls}/{key}/{chunk(index).filename}")
 
     def load_audio_format(self, key: str) -> tuple[int, int] | None:
         try:
@@ -249,7 +272,7 @@ class Outbox:
 
     def try_lock(self, key: str) -> CallLock | None:
         """The call's delivery lock, or ``None`` if another thread or process holds it."""
-        path = self.locks_dir / f"{key}.lock"
+        path = f"{self._locks}/{key}.lock"
         return try_lock(path, self._lock_mode, stale_after=self._stale_lock_after)
 
     # -- lock holder only ------------------------------------------------------------------
@@ -259,10 +282,10 @@ class Outbox:
         self._append(key, str(item))
         if item.kind == "chunk":
             with contextlib.suppress(FileNotFoundError):
-                (self.calls_dir / key / item.filename).unlink()
+                os.unlink(f"{self._calls}/{key}/{item.filename}")
 
     def _append(self, key: str, line: str) -> None:
-        self._append_bytes(self.calls_dir / key / "sent.log", f"{line}\n".encode())
+        self._append_bytes(Path(self._calls, key, "sent.log"), f"{line}\n".encode())
 
     def repair_log(self, key: str, log: SentLog) -> None:
         """Rewrite a damaged sent log with the lines that still name an item."""
@@ -306,23 +329,25 @@ class Outbox:
 
     def complete(self, key: str, lock: CallLock) -> None:
         """Retire a finished call: tombstone first, so late duplicates and other readers skip it."""
-        write_atomic(self.done_dir / key, b"")
-        src = self.calls_dir / key
-        if (self.dead_dir / key).exists() and (src / "sent.log").exists():
+        touch_new(f"{self._done}/{key}")  # an empty marker: creating it is atomic already
+        src = f"{self._calls}/{key}"
+        if os.path.exists(f"{self._dead}/{key}") and os.path.exists(f"{src}/sent.log"):
             # What already arrived, so a resend of the dead items skips it.
-            shutil.copyfile(src / "sent.log", self.dead_dir / key / "sent.log")
+            shutil.copyfile(f"{src}/sent.log", f"{self._dead}/{key}/sent.log")
         self._retire(key)
         lock.release()
 
     def _retire(self, key: str) -> None:
         # Rename first: a writer racing us fails cleanly instead of writing into a half-deleted dir.
-        mkdir_private(self.trash_dir)
-        trash = self.trash_dir / f"{key}.{secrets.token_hex(4)}"
+        trash = f"{self._trash}/{key}.{os.getpid()}-{self._trash_tag}-{next(self._retired)}"
         try:
-            os.replace(self.calls_dir / key, trash)
+            os.replace(f"{self._calls}/{key}", trash)
         except FileNotFoundError:
+            if not os.path.isdir(self._trash):  # recover() removed it: make it, try again
+                mkdir_private(self.trash_dir)
+                self._retire(key)
             return
-        shutil.rmtree(trash, ignore_errors=True)
+        _remove_folder(trash)
 
     def recover(self, *, now: float | None = None) -> None:
         """Tidy what a killed process left behind: trash and old tombstones."""

@@ -2,13 +2,21 @@
 
 A call is in exactly one place: waiting in the heap, ready for a worker, or in
 flight. Writes that land while it is in flight make it go again at once.
+
+Lanes: only ``lanes`` workers work at once, plus one for each worker whose request has
+waited on the network longer than ``slow_request``. Delivery is CPU work under one GIL
+when Roark answers fast, and more threads then only fight over it; when Roark is far
+or slow, the waiting workers make room and all of them send at once.
 """
 
 from __future__ import annotations
 
 import heapq
 import threading
+import time
 from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Final
 
@@ -33,7 +41,7 @@ class Scheduler:
     """``lock`` guards every field; three conditions share it so a wake-up reaches only
     the threads it concerns. Nothing does I/O while holding it."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, lanes: int = 1, slow_request: float = 0.005) -> None:
         self.lock = threading.Lock()
         self.wake = threading.Condition(self.lock)  # the dispatching thread waits here
         self.work_cv = threading.Condition(self.lock)  # workers wait for ready calls
@@ -50,6 +58,10 @@ class Scheduler:
         self._in_flight: set[str] = set()
         self._redo: set[str] = set()  # touched while in flight: look again at once
         self._backoff_until: dict[str, float] = {}
+        self._lanes = max(1, lanes)
+        self._slow = slow_request
+        self._working = 0  # workers between take() and finish()
+        self._sending: dict[int, float] = {}  # worker thread -> when its request went out
 
     # -- any thread ----------------------------------------------------------------------
 
@@ -128,18 +140,52 @@ class Scheduler:
     def take(self) -> str | None:
         """The next ready call, blocking; None once stopping."""
         with self.lock:
-            while not self._ready and not self.stopping:
-                self.work_cv.wait()
-            if self.stopping:
-                return None
-            return self._ready.popleft()
+            while not self.stopping:
+                if self._ready:
+                    wait = self._lane_free_locked()
+                    if wait is None:
+                        self._working += 1
+                        return self._ready.popleft()
+                    self.work_cv.wait(wait)
+                else:
+                    self.work_cv.wait()
+            return None
+
+    @contextmanager
+    def sending(self) -> Iterator[None]:
+        """Around a worker's request: once it has waited ``slow_request``, its lane is free."""
+        me = threading.get_ident()
+        with self.lock:
+            self._sending[me] = time.monotonic()
+        try:
+            yield
+        finally:
+            with self.lock:
+                del self._sending[me]
+
+    def _lane_free_locked(self) -> float | None:
+        """None if a lane is free; else how long until a request in flight counts as slow."""
+        now = time.monotonic()
+        soonest = self._slow
+        waiting = 0
+        for since in self._sending.values():
+            left = since + self._slow - now
+            if left <= 0:
+                waiting += 1
+            else:
+                soonest = min(soonest, left)
+        return None if self._working - waiting < self._lanes else soonest
 
     def finish(self, key: str, sig: int | None, result: Next, now: float) -> None:
         with self.lock:
+            self._working -= 1
+            if self._ready:
+                self.work_cv.notify()  # its lane is free
             self._in_flight.discard(key)
             if sig is None and result.when is None:
-                self._forget_locked(key)
+                self._forget_locked(key)  # nothing new for the dispatcher: let it sleep
             else:
+                self.wake.notify()
                 self._sigs[key] = sig
                 if result.backoff and result.when is not None:
                     self._backoff_until[key] = result.when
@@ -150,7 +196,6 @@ class Scheduler:
                 when = now + _FAR if result.when is None else result.when
                 self._schedule_locked(key, when, pending=result.pending)
             self._redo.discard(key)
-            self.wake.notify()
             self.idle_cv.notify_all()
 
     # -- internals -----------------------------------------------------------------------

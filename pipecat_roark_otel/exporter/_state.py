@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Final
 
 from ._items import ItemId
@@ -67,3 +67,9 @@ class CallState:
     def done(self, item: ItemId) -> bool:
         """Delivered or dead-lettered: either way nothing more to do for it."""
         return item in self.log.sent or item in self.log.dead
+
+    def delivered(self, item: ItemId, at: float) -> CallState:
+        """This snapshot after ``mark_sent(item)`` at ``at``, as a fresh read would see it."""
+        log = SentLog(self.log.sent | {item}, self.log.dead)
+        chunks = self.chunks - {item.index} if item.kind == "chunk" else self.chunks
+        return replace(self, chunks=chunks, log=log, last_activity=max(self.last_activity, at))

@@ -6,6 +6,7 @@ import random
 import threading
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Final
 
@@ -32,6 +33,10 @@ logger: Final = _errors.logger
 _LOCKED_ELSEWHERE_RETRY_S: Final = 0.5
 _DISK_RETRY_S: Final = 1.0
 _INVALID: Final = (ValueError, KeyError, TypeError)  # pydantic.ValidationError is a ValueError
+_SENDS: Final = frozenset({"started", "chunk", "ended"})
+
+# What a step leaves: stop with a Next; carry on after sending an item; None: read again.
+Step = Next | ItemId | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,8 +79,10 @@ class Steps:
         *,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
+        sending: Callable[[], AbstractContextManager[None]] = nullcontext,
     ) -> None:
         self.outbox = outbox
+        self._sending = sending  # around each request: the scheduler lets others work meanwhile
         self._gate = gate
         self._stats = stats
         self._opts = options
@@ -111,27 +118,45 @@ class Steps:
         try:
             if not self._record_unrecorded(key):
                 return Next(self._clock() + _DISK_RETRY_S, True)
-            for _ in range(self._opts.session_budget):
-                if self._timeout() is None:
-                    return Next(self._clock(), True)
-                lock.touch()
+            return self._steps(key, lock)
+        finally:
+            lock.release()
+
+    def _steps(self, key: str, lock: CallLock) -> Next:
+        """Up to the session budget of steps. Only we (the lock holder) write the sent log, so
+        a delivery advances the snapshot in memory; any decision other than the next send
+        (wait, complete, orphan) is taken on a fresh read of the directory."""
+        state: CallState | None = None
+        end: EndRecord | None = None
+        for _ in range(self._opts.session_budget):
+            if self._timeout() is None:
+                return Next(self._clock(), True)
+            lock.touch()
+            fresh = state is None
+            if state is None:
                 state = self.outbox.read(key)
                 if state is None:
                     return DONE
                 if state.log.damaged:
                     self._repair_log(key, state)
-                result = self._one(key, state, lock)
-                if result is not None:
-                    return result
-            return Next(self._clock(), True)  # budget spent: back of the line
-        finally:
-            lock.release()
+                end = self._end(key, state)
+            result = self._one(key, state, end, lock, fresh=fresh)
+            if isinstance(result, ItemId):
+                state = state.delivered(result, time.time())
+            elif result is None:
+                state = None
+            else:
+                return result
+        return Next(self._clock(), True)  # budget spent: back of the line
 
-    def _one(self, key: str, state: CallState, lock: CallLock) -> Next | None:
-        end = self._end(key, state)
+    def _one(
+        self, key: str, state: CallState, end: EndRecord | None, lock: CallLock, *, fresh: bool
+    ) -> Step:
         now = self._clock()
         opts = self._opts
         action = plan(state, end, now, grace=opts.grace_period, orphan=opts.orphan_timeout)
+        if not fresh and action.kind not in _SENDS:
+            return None  # read the directory again before deciding
         if action.kind == "complete":
             self.outbox.complete(key, lock)
             self._stats.add("calls_completed")
@@ -162,14 +187,12 @@ class Steps:
             value = None
         return value if isinstance(value, str) else f"<unknown:{key}>"
 
-    def _step(
-        self, key: str, state: CallState, action: Action, end: EndRecord | None
-    ) -> Next | None:
-        """Do one action; ``None`` means carry on with this call."""
+    def _step(self, key: str, state: CallState, action: Action, end: EndRecord | None) -> Step:
+        """Do one action; ``None``: read the call again and carry on; an item: it was sent."""
         call_id = self._call_id(key, state)
         if action.kind == "started":
             try:
-                body = CallStarted.model_validate(self.outbox.load_json(key, STARTED)).wire()
+                body = CallStarted.model_validate_json(self.outbox.load_bytes(key, STARTED)).wire()
             except (*_INVALID, OSError) as exc:
                 return self._set_aside(key, state, STARTED, exc)
             return self._send(key, call_id, STARTED, post(body))
@@ -198,7 +221,7 @@ class Steps:
 
     def _send_ended(
         self, key: str, call_id: str, state: CallState, action: Action, end: EndRecord
-    ) -> Next | None:
+    ) -> Step:
         records = []
         for i in sorted(state.segments - {s.index for s in state.dead if s.kind == "segment"}):
             try:
@@ -268,7 +291,7 @@ class Steps:
 
     # -- sending and its outcomes ----------------------------------------------------------
 
-    def _send(self, key: str, call_id: str, item: ItemId, request: Request) -> Next | None:
+    def _send(self, key: str, call_id: str, item: ItemId, request: Request) -> Step:
         now = self._clock()
         timeout = self._timeout()
         if timeout is None:
@@ -278,7 +301,8 @@ class Steps:
             return Next(blocked_until, True)
         result = Result(Outcome.RETRY, message="internal error")
         try:
-            result = attempt(request, self._client(), timeout, now)
+            with self._sending():
+                result = attempt(request, self._client(), timeout, now)
         finally:  # also on a bug below us: a probe must never stay claimed
             now = self._clock()
             change = self._gate.release(
@@ -298,7 +322,7 @@ class Steps:
             return self._auth_refused(result, change.auth_episode_began)
         return self._retry(key, call_id, item, result, now)
 
-    def _sent(self, key: str, item: ItemId) -> Next | None:
+    def _sent(self, key: str, item: ItemId) -> Next | ItemId:
         self._stats.add("delivered")
         with self._lock:
             self._attempts.pop(key, None)
@@ -315,7 +339,7 @@ class Steps:
                     exc.strerror,
                 )
             return Next(self._clock() + _DISK_RETRY_S, True)
-        return None
+        return item
 
     def _record_unrecorded(self, key: str) -> bool:
         """Write down deliveries the disk refused before; False while it still refuses."""

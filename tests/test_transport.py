@@ -1,0 +1,254 @@
+"""The delivery client's own HTTP/1.1 transport, against real sockets on 127.0.0.1.
+
+Keep-alive, a connection the server closed while idle, timeouts, refused connections,
+proxies from the environment (httpx's transports still take those) and verified TLS.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pipecat_roark_otel.config import RoarkSettings
+from pipecat_roark_otel.exporter._client import RoarkClient, RoarkHTTPError
+
+from .support import wait_until
+
+KEY = "rk_test_transport"
+_PROXY_ENV = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY")
+
+
+class TinyServer:
+    """Reads whole HTTP/1.1 requests; ``mode``: "keep" (answer, keep the connection),
+    "drop" (answer, then close without saying so), "silent" (never answer)."""
+
+    def __init__(self, mode: str = "keep", tls: ssl.SSLContext | None = None) -> None:
+        self.mode = mode
+        self._tls = tls
+        self._sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self._sock.getsockname()[1]
+        self.connections = 0
+        self.closed = 0
+        self.requests: list[bytes] = []  # request lines
+        self.bodies: list[bytes] = []
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"{'https' if self._tls else 'http'}://127.0.0.1:{self.port}"
+
+    def close(self) -> None:
+        self._stop.set()
+        self._sock.close()
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return
+            with self._lock:
+                self.connections += 1
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        try:
+            if self._tls is not None:
+                conn = self._tls.wrap_socket(conn, server_side=True)
+            buf = b""
+            while not self._stop.is_set():
+                while b"\r\n\r\n" not in buf:
+                    data = conn.recv(65536)
+                    if not data:
+                        return
+                    buf += data
+                head, _, buf = buf.partition(b"\r\n\r\n")
+                lines = head.split(b"\r\n")
+                length = 0
+                for line in lines[1:]:
+                    name, _, value = line.partition(b":")
+                    if name.strip().lower() == b"content-length":
+                        length = int(value)
+                while len(buf) < length:
+                    buf += conn.recv(65536)
+                body, buf = buf[:length], buf[length:]
+                with self._lock:
+                    self.requests.append(lines[0])
+                    self.bodies.append(body)
+                if self.mode == "silent":
+                    self._stop.wait(30)
+                    return
+                reply = b'{"ok":true}'
+                conn.sendall(
+                    b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                    b"content-length: %d\r\n\r\n%s" % (len(reply), reply)
+                )
+                if self.mode == "drop":
+                    return
+        except (OSError, ssl.SSLError):
+            return
+        finally:
+            conn.close()
+            with self._lock:
+                self.closed += 1
+
+
+@pytest.fixture
+def servers() -> Iterator[list[TinyServer]]:
+    made: list[TinyServer] = []
+    yield made
+    for s in made:
+        s.close()
+
+
+@pytest.fixture(autouse=True)
+def _no_proxies(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in _PROXY_ENV:
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+
+
+def client(base_url: str, tmp_path: Path, timeout: float = 5.0) -> RoarkClient:
+    settings = RoarkSettings(api_key=KEY, base_url=base_url, spool_dir=tmp_path / "spool")
+    return RoarkClient(settings, timeout=timeout)
+
+
+def event(n: int) -> dict[str, object]:
+    return {"event": "call-started", "pipecatCallId": f"call-{n}"}
+
+
+def test_requests_share_one_kept_alive_connection(
+    tmp_path: Path, servers: list[TinyServer]
+) -> None:
+    server = TinyServer()
+    servers.append(server)
+    c = client(server.url, tmp_path)
+    for n in range(20):
+        assert c.post_event(event(n)).status == 200
+    c.close()
+    assert server.connections == 1
+    assert len(server.requests) == 20
+    assert server.requests[0] == b"POST /v1/integrations/pipecat HTTP/1.1"
+    assert server.bodies[3] == b'{"event":"call-started","pipecatCallId":"call-3"}'
+
+
+def test_a_connection_the_server_closed_while_idle_is_not_reused(
+    tmp_path: Path, servers: list[TinyServer]
+) -> None:
+    server = TinyServer("drop")
+    servers.append(server)
+    c = client(server.url, tmp_path)
+    for n in range(5):
+        assert c.post_event(event(n)).status == 200
+        wait_until(lambda n=n: server.closed == n + 1, what="the server closed the connection")
+    c.close()
+    assert len(server.requests) == 5  # each sent exactly once
+    assert server.connections == 5
+
+
+def test_a_silent_server_times_out_as_a_network_error(
+    tmp_path: Path, servers: list[TinyServer]
+) -> None:
+    server = TinyServer("silent")
+    servers.append(server)
+    c = client(server.url, tmp_path)
+    t0 = time.monotonic()
+    with pytest.raises(RoarkHTTPError) as err:
+        c.post_event(event(1), timeout=0.3)
+    assert 0.25 <= time.monotonic() - t0 < 5
+    assert err.value.status is None
+    assert err.value.message == "ReadTimeout"
+    c.close()
+
+
+def test_a_refused_connection_is_a_connect_error(tmp_path: Path) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as s:
+        port = s.getsockname()[1]
+    c = client(f"http://127.0.0.1:{port}", tmp_path)
+    with pytest.raises(RoarkHTTPError) as err:
+        c.post_event(event(1))
+    assert (err.value.status, err.value.message) == (None, "ConnectError")
+    c.close()
+
+
+def test_a_proxy_from_the_environment_carries_the_request(
+    tmp_path: Path, servers: list[TinyServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    proxy = TinyServer()
+    servers.append(proxy)
+    monkeypatch.setenv("HTTP_PROXY", proxy.url)
+    c = client("http://roark.invalid", tmp_path)
+    assert c.post_event(event(1)).status == 200
+    c.close()
+    assert proxy.requests == [b"POST http://roark.invalid/v1/integrations/pipecat HTTP/1.1"]
+
+
+def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
+    crypto = pytest.importorskip("cryptography", reason="cryptography makes the test's cert")
+    del crypto
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+def test_tls_is_verified_against_the_trusted_certificates(
+    tmp_path: Path, servers: list[TinyServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cert, key = _self_signed(tmp_path)
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(cert, key)
+    server = TinyServer(tls=tls)
+    servers.append(server)
+
+    untrusting = client(server.url, tmp_path)
+    with pytest.raises(RoarkHTTPError) as err:
+        untrusting.post_event(event(1))
+    assert (err.value.status, err.value.message) == (None, "ConnectError")
+    untrusting.close()
+
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))  # as httpx reads it
+    trusting = client(server.url, tmp_path)
+    for n in range(3):
+        assert trusting.post_event(event(n)).status == 200
+    trusting.close()
+    assert len(server.requests) == 3
