@@ -184,6 +184,35 @@ def test_order_holds_when_chunks_arrive_before_call_started(
     assert all(s is True for s in fake.suppressed)  # our HTTP is never telemetry
 
 
+def test_writes_landing_while_a_session_delivers_go_out_once_in_order(
+    tmp_path: Path, engines: Callable[..., Engine]
+) -> None:
+    """A session advances its snapshot in memory after each delivery; what is written
+    meanwhile (here: the audio and the end, as call-started goes out) still goes, once."""
+    fake = FakeRoark()
+    holder: list[Engine] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        reply = fake(request)
+        if request.url.path.endswith("/pipecat") and json.loads(request.content)["event"] == (
+            "call-started"
+        ):
+            engine = holder[0]
+            for i in range(2):
+                engine.put_chunk("c1", i, PCM, sample_rate=16000, num_channels=2)
+            engine.put_segment("c1", 0, segment("hi"))
+            engine.put_end("c1", end("c1", chunks=2))
+        return reply
+
+    engine = engines(tmp_path / "spool", BASE, transport=httpx.MockTransport(handler))
+    holder.append(engine)
+    engine.put_started("c1", started("c1"))
+    assert engine.force_flush(5)
+    assert fake.kinds() == ["call-started", "presign", "put", "presign", "put", "call-ended"]
+    assert engine.outbox.pending_keys() == []
+    assert engine.stats()["calls_completed"] == 1
+
+
 def test_headers_key_on_api_and_none_on_presigned_put(
     tmp_path: Path, engines: Callable[..., Engine]
 ) -> None:
