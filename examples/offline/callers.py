@@ -158,12 +158,13 @@ class TwilioCaller(Caller):
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def _stop(self) -> None:
-        if self.stopped.is_set():
-            return
-        self.stopped.set()
-        stop = {"accountSid": self.account_sid, "callSid": self.call_sid}
+        if not self.stopped.is_set():
+            self.stopped.set()
+            stop = {"accountSid": self.account_sid, "callSid": self.call_sid}
+            with contextlib.suppress(Exception):
+                await self._send({"event": "stop", "stop": stop, "streamSid": self.stream_sid})
+        # Also when the bot ended the stream: our end of the socket is closed either way.
         with contextlib.suppress(Exception):
-            await self._send({"event": "stop", "stop": stop, "streamSid": self.stream_sid})
             await self._ws.close()
 
     async def _send(self, message: dict[str, Any]) -> None:

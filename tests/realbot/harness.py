@@ -62,7 +62,10 @@ async def phone_call(
     async with phone_server(entry) as (url, runs):
         caller = TwilioCaller(url, hangups=vendors.hangups, on_say=vendors.caller_says)
         await caller.dial()
-        yield caller, runs
+        try:
+            yield caller, runs
+        finally:
+            await caller.hang_up()
 
 
 @contextlib.asynccontextmanager
