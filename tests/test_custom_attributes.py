@@ -8,7 +8,6 @@ from typing import Any
 import pytest
 from pipecat.frames.frames import Frame, TranscriptionFrame
 from pipecat.pipeline.pipeline import Pipeline
-from pipecat.pipeline.runner import PipelineRunner
 from pipecat.pipeline.task import PipelineParams, PipelineTask
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 
@@ -19,6 +18,7 @@ from pipecat_roark_otel.exporter import RoarkSpanExporter
 from pipecat_roark_otel.simulation import DEFAULT_SCRIPT, SimulatedCall
 
 from .conftest import Otel
+from .support.capture import run
 
 
 @pytest.mark.parametrize(
@@ -104,10 +104,8 @@ async def test_attributes_land_on_the_call_span_and_pipecats_conversation_span(
         enable_tracing=True,
         additional_span_attributes={"deployment": "blue"},
     )
-    runner = PipelineRunner(handle_sigint=False)
-    await runner.add_workers(task)
     with caplog.at_level(logging.WARNING, logger="pipecat_roark_otel"):
-        await runner.run()
+        await run(task)
     assert exporter.force_flush(15_000)
     ended = roark.wait_for_call_ended(observer.conversation_id, timeout=15)["ended"]
     assert ended["callEndedReason"] == "agent-ended"

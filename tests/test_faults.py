@@ -35,6 +35,7 @@ from pipecat_roark_otel.simulation import DEFAULT_SCRIPT, Script, run_simulated_
 
 from .conftest import Otel
 from .support import EXPECTED_TURNS, FAST, wait_until
+from .support.capture import run
 
 pytestmark = pytest.mark.e2e
 
@@ -248,7 +249,6 @@ async def test_all_faults_at_once_over_several_calls(rig: Rig) -> None:
 async def test_task_cancelled_while_call_ended_is_being_sent(rig: Rig) -> None:
     """Capture rule 18 under a slow Roark: cancelling the task loses nothing."""
     from pipecat.pipeline.pipeline import Pipeline
-    from pipecat.pipeline.runner import PipelineRunner
     from pipecat.pipeline.task import PipelineParams, PipelineTask
 
     from pipecat_roark_otel.simulation import SimulatedCall
@@ -270,7 +270,7 @@ async def test_task_cancelled_while_call_ended_is_being_sent(rig: Rig) -> None:
         observers=[observer],
         enable_tracing=True,
     )
-    runner = asyncio.ensure_future(PipelineRunner(handle_sigint=False).run(task))
+    runner = asyncio.ensure_future(run(task))
     await asyncio.wait_for(ending.wait(), 30)
     await task.cancel()
     await asyncio.wait_for(runner, 30)

@@ -20,6 +20,7 @@ from pipecat_roark_otel.simulation import (
 )
 
 from .conftest import Otel
+from .support.capture import run
 
 SCRIPT = Script(
     greeting="Hello there, how can I help?",
@@ -119,7 +120,6 @@ async def test_without_pipecat_metrics_turns_carry_no_breakdown(
 ) -> None:
     """Metrics are Pipecat's (``enable_metrics``); with them off there is nothing to report."""
     from pipecat.pipeline.pipeline import Pipeline
-    from pipecat.pipeline.runner import PipelineRunner
     from pipecat.pipeline.task import PipelineParams, PipelineTask
 
     from pipecat_roark_otel.simulation import SimulatedCall
@@ -131,9 +131,7 @@ async def test_without_pipecat_metrics_turns_carry_no_breakdown(
         params=PipelineParams(audio_out_sample_rate=24_000),
         observers=[observer],
     )
-    runner = PipelineRunner(handle_sigint=False)
-    await runner.add_workers(task)
-    await runner.run()
+    await run(task)
     assert exporter.force_flush(15_000)
     roark.wait_for_call_ended(observer.conversation_id, timeout=15)
     [_, reply] = _turn_events(otel)

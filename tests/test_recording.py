@@ -28,7 +28,6 @@ from pipecat.frames.frames import (
     TTSAudioRawFrame,
 )
 from pipecat.pipeline.pipeline import Pipeline
-from pipecat.pipeline.runner import PipelineRunner
 from pipecat.pipeline.task import PipelineParams, PipelineTask
 from pipecat.processors.audio.audio_buffer_processor import AudioBufferProcessor
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
@@ -51,6 +50,7 @@ from pipecat_roark_otel.simulation import (
 from pipecat_roark_otel.simulation import run_simulated_call as _run_simulated_call
 
 from .conftest import Otel
+from .support.capture import run
 
 pytestmark = pytest.mark.e2e
 
@@ -321,7 +321,7 @@ async def test_record_audio_off_means_no_recording(
         params=PipelineParams(audio_out_sample_rate=24_000),
         observers=[observer],
     )
-    await PipelineRunner(handle_sigint=False).run(task)
+    await run(task)
     assert exporter.force_flush(15_000)
     call_id = observer.conversation_id
     call = roark.wait_for_call_ended(call_id, timeout=15)
@@ -633,9 +633,7 @@ async def test_each_audio_frame_is_recorded_once_where_it_is_heard(
         params=PipelineParams(audio_in_sample_rate=INPUT_RATE, audio_out_sample_rate=24_000),
         observers=[observer],
     )
-    runner = PipelineRunner(handle_sigint=False)
-    await runner.add_workers(task)
-    await runner.run()
+    await run(task)
     got = deliver(exporter, roark, observer, recorded)
 
     got.assert_byte_exact()
