@@ -139,10 +139,19 @@ class _BotTurn:
     stopped: _Edge | None = None
     # TTS contexts of the words heard: a late word of one of them is still this reply's.
     contexts: set[str] = field(default_factory=set)
+    interrupted: bool = False
     # Metrics that arrived since the previous reply closed belong to this one.
     ttfb_ms: dict[Service, int] = field(default_factory=dict)
     input_tokens: int | None = None
     output_tokens: int | None = None
+
+
+def _late_word_of(held: _BotTurn, context: str | None) -> bool:
+    """A word played after ``held`` ended is its own when its TTS context says so; after an
+    interruption, any word but another context's (nothing new plays before it is handled)."""
+    if context is not None and context in held.contexts:
+        return True
+    return held.interrupted and (context is None or not held.contexts)
 
 
 class CallCapture:
@@ -158,9 +167,10 @@ class CallCapture:
         self._seq = 0
         self._user = _UserTurn()
         self._bot = _BotTurn()
-        # A reply that ended at BotStoppedSpeaking, open to its last words until the next
-        # event: Pipecat releases a word's text on its own clock, which on a starved loop
-        # lags the TTSStoppedFrame that ended the audio.
+        # A reply that ended, still open to words played before its end reached the
+        # transport: Pipecat releases a word's text on its own clock, which on a starved
+        # loop lags the TTSStoppedFrame; and an interruption is broadcast upstream of the
+        # transport, which plays on until it gets there.
         self._held: _BotTurn | None = None
         self._bot_speaking = False
         self._generated_ids: set[int] = set()
@@ -222,7 +232,8 @@ class CallCapture:
             # Its transcript came first; this is the same speech's turn starting.
             self._user.early = False
             return []
-        out = self._release() + self._reply_ends_at_user_turn(now) + self.flush_user(now)
+        out = self._release(interrupted=False) + self._reply_ends_at_user_turn(now)
+        out += self.flush_user(now)
         # Pipecat's user turn starts when its turn strategy decides; speech began earlier.
         onset, offset = self._speech or (_edge(now), None)
         self._speech = None
@@ -258,7 +269,7 @@ class CallCapture:
         """Capture rule 4: every final counts, whatever ``finalized`` says."""
         if not isinstance(text, str) or not text.strip():
             return []
-        out = self._release()
+        out = self._release(interrupted=False)
         user = self._user
         if not user.parts and user.started is None:
             out += self._reply_ends_at_user_turn(now)
@@ -341,7 +352,7 @@ class CallCapture:
             return []
         context = context_id if isinstance(context_id, str) and context_id else None
         held = self._held
-        if played and held is not None and context is not None and context in held.contexts:
+        if played and held is not None and _late_word_of(held, context):
             held.played.append((text, spaced))
             return []
         out: list[Record] = []
@@ -364,23 +375,37 @@ class CallCapture:
         """Capture rule 8: the turn ends at BotStoppedSpeaking or the interruption."""
         self._bot_speaking = False
         bot = self._bot
-        bot.stopped = _edge(now)
-        if interrupted or not (bot.played and bot.contexts and self.has_output_transport):
-            return self.flush_assistant(now, interrupted=interrupted)
+        holds = bot.played and self.has_output_transport and (interrupted or bot.contexts)
+        if not holds:
+            bot.stopped = _edge(now)
+            self._bot = _BotTurn()
+            # The transport's own stop after an interruption: the cut reply waits for it
+            # to reach the processor after the transport (interruption_played).
+            out = self._release(interrupted=interrupted)
+            return out + self._close_reply(bot, now, interrupted=interrupted)
         out = self._release()
+        bot.stopped = _edge(now)
+        bot.interrupted = interrupted
         self._held, self._bot = bot, _BotTurn()
         return out
+
+    def interruption_played(self) -> list[Record]:
+        """The interruption got past the output transport: no word of the cut reply is left."""
+        return self._release()
 
     def flush_assistant(self, now: int, *, interrupted: bool = False) -> list[Record]:
         bot, self._bot = self._bot, _BotTurn()
         return self._release() + self._close_reply(bot, now, interrupted=interrupted)
 
-    def _release(self) -> list[Record]:
-        """The held reply, closed where its audio ended."""
-        held, self._held = self._held, None
-        if held is None or held.stopped is None:
+    def _release(self, *, interrupted: bool = True) -> list[Record]:
+        """The held reply, closed where its audio ended; a cut one only if ``interrupted``."""
+        held = self._held
+        if held is None or (held.interrupted and not interrupted):
             return []
-        return self._close_reply(held, held.stopped.ns, interrupted=False)
+        self._held = None
+        if held.stopped is None:
+            return []
+        return self._close_reply(held, held.stopped.ns, interrupted=held.interrupted)
 
     def _close_reply(self, bot: _BotTurn, now: int, *, interrupted: bool) -> list[Record]:
         parts = bot.played if self.has_output_transport else bot.generated

@@ -342,6 +342,7 @@ class RoarkObserver(BaseObserver):
             ((InputAudioRawFrame, OutputAudioRawFrame), audio),
             (StartFrame, self._on_start_processed),
             (TTSTextFrame, self._on_tts_text_processed),
+            (InterruptionFrame, self._on_interruption_processed),
             ((EndFrame, StopFrame), self._on_end_processed),
         ]
         for types, handler in table:
@@ -471,6 +472,15 @@ class RoarkObserver(BaseObserver):
             data.processor
         ):
             self._tts_text(data, played=True)
+
+    def _on_interruption_processed(self, data: FrameProcessed) -> None:
+        # Capture rule 7: words played until the interruption got past the transport count.
+        if data.direction is FrameDirection.DOWNSTREAM and _compat.follows_output_transport(
+            data.processor
+        ):
+            records = self._capture.interruption_played()
+            if records:
+                self._emit(records)
 
     def _on_end_processed(self, data: FrameProcessed) -> Awaitable[None] | None:
         # Capture rule 17: the processor after the output transport gets the frame played out.

@@ -373,9 +373,15 @@ def test_assistant_turn_is_the_words_played() -> None:
     cap.has_output_transport = True
     cap.bot_started(at(0))
     _speak(cap, ["Your", "order", "shipped", "yesterday"], played=2)
-    [turn] = cap.bot_stopped(at(500), interrupted=True)
+    # The interruption is broadcast upstream of the transport, which plays on until it
+    # gets there: the cut reply stays open to the words played meanwhile.
+    assert cap.bot_stopped(at(500), interrupted=True) == []
+    assert cap.user_started(at(505)) == []
+    cap.tts_text(3, "shipped", False, at(510), played=True)
+    assert cap.bot_stopped(at(520)) == []  # the transport's own stop, handling it
+    [turn] = cap.interruption_played()  # past the transport: nothing more plays
     assert isinstance(turn, Turn)
-    assert (turn.role, turn.content, turn.interrupted) == ("assistant", "Your order", True)
+    assert (turn.role, turn.content, turn.interrupted) == ("assistant", "Your order shipped", True)
     assert turn.timestamp == iso_from_ns(at(0))
     assert turn.end_timestamp == iso_from_ns(at(500))
 

@@ -9,16 +9,21 @@ import pytest
 from pipecat.frames.frames import (
     BotStartedSpeakingFrame,
     BotStoppedSpeakingFrame,
+    Frame,
+    InterruptionFrame,
     TranscriptionFrame,
     TTSAudioRawFrame,
     TTSStartedFrame,
     TTSStoppedFrame,
     TTSTextFrame,
+    UserStartedSpeakingFrame,
 )
+from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 
 from pipecat_roark_otel import RoarkObserver
 from pipecat_roark_otel.devserver import LocalRoark
 from pipecat_roark_otel.exporter import RoarkSpanExporter
+from pipecat_roark_otel.simulation import SimulatedOutputTransport
 
 from .support.capture import (
     E2E,
@@ -26,6 +31,7 @@ from .support.capture import (
     RATE,
     Driver,
     Hops,
+    WordsHeard,
     driven_call,
     hand_call,
     interrupted_call,
@@ -50,6 +56,46 @@ async def test_rule_07_interrupted_reply_records_only_the_words_played(
     reply = INTERRUPTED.exchanges[0].bot
     assert len(heard) < len(reply.split())
     assert turns(ended) == [("user", "Is it arriving today"), ("assistant", " ".join(heard))]
+
+
+class SlowToInterrupt(FrameProcessor):
+    """A TTS busy cancelling its stream: the interruption reaches the transport late."""
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        await super().process_frame(frame, direction)
+        if isinstance(frame, InterruptionFrame):
+            await asyncio.sleep(0.3)
+        await self.push_frame(frame, direction)
+
+
+@E2E
+async def test_rule_07_words_played_until_the_interruption_reached_the_transport_count(
+    exporter: RoarkSpanExporter, roark: LocalRoark
+) -> None:
+    """7. An interruption is broadcast upstream of the transport, which plays on until it gets
+    there: the caller heard those words, so the cut reply holds them, and nothing after."""
+    reply = " ".join(f"word{i}" for i in range(40))
+    heard = WordsHeard()
+
+    async def script(d: Driver) -> None:
+        await d.user_turn("Is it arriving today")
+        await d.speak(reply, wait=False)
+        while len(heard.words) < 2:
+            await asyncio.sleep(0.005)
+        await d.push_frame(UserStartedSpeakingFrame())
+        await d.broadcast_interruption()
+        d.mark("cut")
+        d.marks["heard at cut"] = len(heard.words)
+        await d.bot_stopped.wait()
+        await asyncio.sleep(0.2)
+
+    observer = RoarkObserver(agent_id="capture-rules")
+    driver = Driver(script)
+    transport = SimulatedOutputTransport(4.0)
+    await run(pipeline_task(observer, driver, SlowToInterrupt(), transport, heard))
+    ended = (await read_call(exporter, roark, observer.conversation_id))["ended"]
+    assert driver.marks["heard at cut"] < len(heard.words) < 40  # played on, then stopped
+    assert turns(ended) == [("user", "Is it arriving today"), ("assistant", " ".join(heard.words))]
 
 
 @E2E
