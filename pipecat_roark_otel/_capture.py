@@ -374,20 +374,17 @@ class CallCapture:
     def bot_stopped(self, now: int, *, interrupted: bool = False) -> list[Record]:
         """Capture rule 8: the turn ends at BotStoppedSpeaking or the interruption."""
         self._bot_speaking = False
-        bot = self._bot
-        holds = bot.played and self.has_output_transport and (interrupted or bot.contexts)
-        if not holds:
-            bot.stopped = _edge(now)
-            self._bot = _BotTurn()
-            # The transport's own stop after an interruption: the cut reply waits for it
-            # to reach the processor after the transport (interruption_played).
-            out = self._release(interrupted=interrupted)
-            return out + self._close_reply(bot, now, interrupted=interrupted)
-        out = self._release()
+        bot, self._bot = self._bot, _BotTurn()
         bot.stopped = _edge(now)
-        bot.interrupted = interrupted
-        self._held, self._bot = bot, _BotTurn()
-        return out
+        if bot.played and self.has_output_transport and (interrupted or bot.contexts):
+            out = self._release()
+            bot.interrupted = interrupted
+            self._held = bot
+            return out
+        # The transport's own stop after an interruption: the cut reply waits for it to
+        # reach the processor after the transport (interruption_played).
+        out = self._release(interrupted=interrupted)
+        return out + self._close_reply(bot, now, interrupted=interrupted)
 
     def interruption_played(self) -> list[Record]:
         """The interruption got past the output transport: no word of the cut reply is left."""
@@ -403,9 +400,9 @@ class CallCapture:
         if held is None or (held.interrupted and not interrupted):
             return []
         self._held = None
-        if held.stopped is None:
-            return []
-        return self._close_reply(held, held.stopped.ns, interrupted=held.interrupted)
+        stopped = held.stopped
+        assert stopped is not None  # bot_stopped holds a reply only once it has stopped
+        return self._close_reply(held, stopped.ns, interrupted=held.interrupted)
 
     def _close_reply(self, bot: _BotTurn, now: int, *, interrupted: bool) -> list[Record]:
         parts = bot.played if self.has_output_transport else bot.generated

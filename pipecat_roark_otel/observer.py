@@ -466,29 +466,28 @@ class RoarkObserver(BaseObserver):
         elif self._user_source is None and _compat.is_input_transport(processor):
             self._user_source = processor
 
-    def _on_tts_text_processed(self, data: FrameProcessed) -> None:
-        # Capture rule 7: the processor after the output transport gets the words as played.
-        if data.direction is FrameDirection.DOWNSTREAM and _compat.follows_output_transport(
+    @staticmethod
+    def _past_output_transport(data: FrameProcessed) -> bool:
+        """The processor right after the output transport handles it: it has played out."""
+        return data.direction is FrameDirection.DOWNSTREAM and _compat.follows_output_transport(
             data.processor
-        ):
+        )
+
+    def _on_tts_text_processed(self, data: FrameProcessed) -> None:
+        # Capture rule 7: the words as played.
+        if self._past_output_transport(data):
             self._tts_text(data, played=True)
 
     def _on_interruption_processed(self, data: FrameProcessed) -> None:
         # Capture rule 7: words played until the interruption got past the transport count.
-        if data.direction is FrameDirection.DOWNSTREAM and _compat.follows_output_transport(
-            data.processor
-        ):
+        if self._past_output_transport(data):
             records = self._capture.interruption_played()
             if records:
                 self._emit(records)
 
     def _on_end_processed(self, data: FrameProcessed) -> Awaitable[None] | None:
-        # Capture rule 17: the processor after the output transport gets the frame played out.
-        if (
-            data.direction is FrameDirection.DOWNSTREAM
-            and _compat.follows_output_transport(data.processor)
-            and self._first_sighting(data.frame)
-        ):
+        # Capture rule 17: the call ends once the frame has played out.
+        if self._past_output_transport(data) and self._first_sighting(data.frame):
             return self._end(_end_reason(data.frame), self._now(data))
         return None
 
