@@ -26,12 +26,24 @@ KEY = "rk_test_transport"
 _PROXY_ENV = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY")
 
 
+OK = b'HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 11\r\n\r\n{"ok":true}'
+
+
 class TinyServer:
     """Reads whole HTTP/1.1 requests; ``mode``: "keep" (answer, keep the connection),
-    "drop" (answer, then close without saying so), "silent" (never answer)."""
+    "drop" (answer, then close without saying so), "silent" (never answer).
 
-    def __init__(self, mode: str = "keep", tls: ssl.SSLContext | None = None) -> None:
+    ``script`` overrides the mode for the first requests, in order: each entry is the
+    raw bytes to answer with, then whether to close the connection."""
+
+    def __init__(
+        self,
+        mode: str = "keep",
+        tls: ssl.SSLContext | None = None,
+        script: list[tuple[bytes, bool]] | None = None,
+    ) -> None:
         self.mode = mode
+        self.script = list(script or [])
         self._tls = tls
         self._sock = socket.create_server(("127.0.0.1", 0))
         self.port = self._sock.getsockname()[1]
@@ -85,14 +97,16 @@ class TinyServer:
                 with self._lock:
                     self.requests.append(lines[0])
                     self.bodies.append(body)
+                    step = self.script.pop(0) if self.script else None
+                if step is not None:
+                    conn.sendall(step[0])
+                    if step[1]:
+                        return
+                    continue
                 if self.mode == "silent":
                     self._stop.wait(30)
                     return
-                reply = b'{"ok":true}'
-                conn.sendall(
-                    b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
-                    b"content-length: %d\r\n\r\n%s" % (len(reply), reply)
-                )
+                conn.sendall(OK)
                 if self.mode == "drop":
                     return
         except (OSError, ssl.SSLError):
@@ -252,3 +266,167 @@ def test_tls_is_verified_against_the_trusted_certificates(
         assert trusting.post_event(event(n)).status == 200
     trusting.close()
     assert len(server.requests) == 3
+
+
+# -- our client's reading of replies (direct connections) -----------------------------------
+
+PRESIGNED = b'{"uploadUrl":"http://127.0.0.1:1/put?X-Sig=abc"}'
+
+
+def test_a_chunked_reply_is_read_whole_and_the_connection_kept(
+    tmp_path: Path, servers: list[TinyServer]
+) -> None:
+    chunked = (
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
+        b"7;ext=1\r\n" + PRESIGNED[:7] + b"\r\n"
+        b"%x\r\n" % (len(PRESIGNED) - 7) + PRESIGNED[7:] + b"\r\n0\r\nx-trailer: 1\r\n\r\n"
+    )
+    server = TinyServer(script=[(chunked, False)])
+    servers.append(server)
+    c = client(server.url, tmp_path)
+    assert c.presign("call-1", 0).uploadUrl == "http://127.0.0.1:1/put?X-Sig=abc"
+    assert c.post_event(event(1)).text == '{"ok":true}'
+    c.close()
+    assert server.connections == 1
+    assert (
+        server.bodies[0] == b'{"pipecatCallId":"call-1","chunkIndex":0,"contentType":"audio/pcm"}'
+    )
+
+
+def test_an_interim_reply_is_skipped(tmp_path: Path, servers: list[TinyServer]) -> None:
+    server = TinyServer(script=[(b"HTTP/1.1 100 Continue\r\n\r\n" + OK, False)])
+    servers.append(server)
+    c = client(server.url, tmp_path)
+    assert c.post_event(event(1)).text == '{"ok":true}'
+    assert c.post_event(event(2)).status == 200
+    c.close()
+    assert server.connections == 1
+
+
+def test_connection_close_and_a_reply_read_to_the_close(
+    tmp_path: Path, servers: list[TinyServer]
+) -> None:
+    closing = b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nhi"
+    to_close = b"HTTP/1.0 202 Accepted\r\ncontent-type: text/plain\r\n\r\nread to the end"
+    server = TinyServer(script=[(closing, False), (to_close, True)])
+    servers.append(server)
+    c = client(server.url, tmp_path)
+    assert c.post_event(event(1)).text == "hi"
+    reply = c.post_event(event(2))
+    assert (reply.status, reply.text) == (202, "read to the end")
+    assert c.post_event(event(3)).status == 200
+    c.close()
+    assert len(server.requests) == 3
+    assert server.connections == 3  # neither reply left its connection reusable
+
+
+def test_a_kept_alive_connection_closed_under_a_request_is_retried_once_fresh(
+    tmp_path: Path, servers: list[TinyServer]
+) -> None:
+    # The second request meets its (reused) connection closed with no reply: the race with
+    # a server dropping an idle connection. It goes again, once, on a new connection.
+    server = TinyServer(script=[(OK, False), (b"", True)])
+    servers.append(server)
+    c = client(server.url, tmp_path)
+    assert c.post_event(event(1)).status == 200
+    assert c.post_event(event(2)).status == 200
+    c.close()
+    assert server.connections == 2
+    assert server.bodies[1:] == [server.bodies[1]] * 2  # the same request, twice in all
+
+
+def test_a_fresh_connection_closed_without_a_reply_is_not_retried(
+    tmp_path: Path, servers: list[TinyServer]
+) -> None:
+    server = TinyServer(script=[(b"", True)])
+    servers.append(server)
+    c = client(server.url, tmp_path)
+    with pytest.raises(RoarkHTTPError) as err:
+        c.post_event(event(1))
+    assert (err.value.status, err.value.message) == (None, "RemoteProtocolError")
+    c.close()
+    assert len(server.requests) == 1
+
+
+@pytest.mark.parametrize(
+    "cut",
+    [
+        b'HTTP/1.1 200 OK\r\ncontent-length: 50\r\n\r\n{"upload',  # short body
+        b"HTTP/1.1 200 OK\r\ncontent-le",  # inside the headers
+        b'HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n20\r\n{"up',  # inside a chunk
+    ],
+)
+def test_a_reply_cut_off_midway_is_a_network_error_never_retried(
+    tmp_path: Path, servers: list[TinyServer], cut: bytes
+) -> None:
+    server = TinyServer(script=[(OK, False), (cut, True)])
+    servers.append(server)
+    c = client(server.url, tmp_path)
+    assert c.post_event(event(1)).status == 200
+    with pytest.raises(RoarkHTTPError) as err:
+        c.post_event(event(2))  # on the reused connection: a reply began, so no second try
+    assert (err.value.status, err.value.message) == (None, "RemoteProtocolError")
+    c.close()
+    assert len(server.requests) == 2
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [b"SPDY/3 200 OK\r\n\r\n", b"HTTP/1.1 2x0 OK\r\n\r\n", b"HTTP/1.1 200 OK\r\nno colon\r\n\r\n"],
+)
+def test_a_malformed_reply_is_a_protocol_error(
+    tmp_path: Path, servers: list[TinyServer], garbage: bytes
+) -> None:
+    server = TinyServer(script=[(garbage, True)])
+    servers.append(server)
+    c = client(server.url, tmp_path)
+    with pytest.raises(RoarkHTTPError) as err:
+        c.post_event(event(1))
+    assert (err.value.status, err.value.message) == (None, "RemoteProtocolError")
+    c.close()
+
+
+def test_an_error_reply_keeps_status_reason_and_retry_after(
+    tmp_path: Path, servers: list[TinyServer]
+) -> None:
+    reason = b"x" * 1000
+    reply = b"HTTP/1.1 503 Busy\r\nRetry-After: 7\r\ncontent-length: %d\r\n\r\n%s" % (
+        len(reason),
+        reason,
+    )
+    server = TinyServer(script=[(reply, False)])
+    servers.append(server)
+    c = client(server.url, tmp_path)
+    with pytest.raises(RoarkHTTPError) as err:
+        c.post_event(event(1))
+    assert (err.value.status, err.value.message, err.value.retry_after) == (503, "x" * 300, "7")
+    assert c.post_event(event(2)).status == 200  # the connection stays usable
+    c.close()
+    assert server.connections == 1
+
+
+def test_a_presigned_put_is_sent_byte_exact_with_no_key(
+    tmp_path: Path, servers: list[TinyServer]
+) -> None:
+    server = TinyServer()
+    servers.append(server)
+    c = client(server.url, tmp_path)
+    pcm = bytes(range(256)) * 1024  # 256 KiB, a chunk's size
+    assert c.put_chunk(f"{server.url}/bucket/a%2Fb.pcm?X-Sig=a%2Bb&e=1", pcm).status == 200
+    c.close()
+    assert server.requests == [b"PUT /bucket/a%2Fb.pcm?X-Sig=a%2Bb&e=1 HTTP/1.1"]
+    assert server.bodies == [pcm]
+
+
+def test_no_proxy_sends_direct_even_with_a_proxy_set(
+    tmp_path: Path, servers: list[TinyServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    proxy, server = TinyServer(), TinyServer()
+    servers.extend([proxy, server])
+    monkeypatch.setenv("HTTP_PROXY", proxy.url)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    c = client(server.url, tmp_path)
+    assert c.post_event(event(1)).status == 200
+    c.close()
+    assert proxy.requests == []
+    assert server.requests == [b"POST /v1/integrations/pipecat HTTP/1.1"]

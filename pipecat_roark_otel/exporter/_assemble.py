@@ -9,24 +9,24 @@ import pydantic
 
 from ._payloads import CallEnded, ToolCallRecord, ToolResultRecord, TranscriptTurn
 
+_Record = TranscriptTurn | ToolCallRecord | ToolResultRecord
 
-def _valid(entry: Any) -> bool:
+
+def _valid(entry: Any) -> _Record | None:
     """One entry checked alone, so a bad record costs only itself, never the call."""
     try:
         record = entry["record"]
         int(entry["seq"])
         int(entry["onset_ns"])
         if entry["kind"] == "turn":
-            TranscriptTurn.model_validate(record)
-        elif entry["kind"] == "tool" and record.get("kind") == "tool_call":
-            ToolCallRecord.model_validate(record)
-        elif entry["kind"] == "tool":
-            ToolResultRecord.model_validate(record)
-        else:
-            return False
+            return TranscriptTurn.model_validate(record)
+        if entry["kind"] == "tool" and record.get("kind") == "tool_call":
+            return ToolCallRecord.model_validate(record)
+        if entry["kind"] == "tool":
+            return ToolResultRecord.model_validate(record)
     except (pydantic.ValidationError, KeyError, TypeError, ValueError, AttributeError):
-        return False
-    return True
+        pass
+    return None
 
 
 def _entries(segments: Iterable[dict[str, Any]]) -> list[Any]:
@@ -43,14 +43,15 @@ def assemble_call_ended(
     ``pydantic.ValidationError`` when the end record itself is bad.
     """
     entries = _entries(segments)
-    valid = [e for e in entries if _valid(e)]
+    # Each record is validated once, here: the models go into CallEnded as they are.
+    valid = [(e, model) for e in entries if (model := _valid(e)) is not None]
     turns = sorted(
-        (e for e in valid if e["kind"] == "turn"), key=lambda e: (e["onset_ns"], e["seq"])
+        (v for v in valid if v[0]["kind"] == "turn"), key=lambda v: (v[0]["onset_ns"], v[0]["seq"])
     )
-    tools = sorted((e for e in valid if e["kind"] == "tool"), key=lambda e: e["seq"])
+    tools = sorted((v for v in valid if v[0]["kind"] == "tool"), key=lambda v: v[0]["seq"])
     body = dict(end["payload"])
     if turns:
-        body["transcript"] = [e["record"] for e in turns]
+        body["transcript"] = [model for _, model in turns]
     if tools:
-        body["toolCalls"] = [e["record"] for e in tools]
+        body["toolCalls"] = [model for _, model in tools]
     return CallEnded.model_validate(body).wire(), len(entries) - len(valid)

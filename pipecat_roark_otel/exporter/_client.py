@@ -17,13 +17,14 @@ from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY, attach, detach,
 
 from ..config import RoarkSettings
 from ._payloads import ChunkUploadRequest, PresignReply
-from ._transport import Http11Transport
+from ._transport import Http11, Origin, TransportFailure, origin_of
 
 EVENTS_PATH: Final = "/v1/integrations/pipecat"
 PRESIGN_PATH: Final = "/v1/integrations/pipecat/chunk-upload-url"
 PCM_CONTENT_TYPE: Final = "audio/pcm"
 _MESSAGE_MAX: Final = 300
 _USER_AGENT: Final = "pipecat-roark-otel"
+_ORIGINS_KEPT: Final = 64  # routing decisions remembered (Roark, its storage)
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +61,8 @@ class _WithoutQuery(logging.Filter):
 
 
 logging.getLogger("httpx").addFilter(_WithoutQuery())
+# Our own client's request lines, as httpx words its own (at DEBUG, and without the query).
+_requests: Final = logging.getLogger("pipecat_roark_otel.http")
 
 
 @contextmanager
@@ -74,11 +77,10 @@ def _suppressed() -> Iterator[None]:
         detach(token)
 
 
-def _check(response: httpx.Response) -> Reply:
-    if not 200 <= response.status_code < 300:
-        message = response.text[:_MESSAGE_MAX]
-        raise RoarkHTTPError(response.status_code, message, response.headers.get("retry-after"))
-    return Reply(response.status_code, response.text)
+def _check(status: int, text: str, retry_after: str | None) -> Reply:
+    if not 200 <= status < 300:
+        raise RoarkHTTPError(status, text[:_MESSAGE_MAX], retry_after)
+    return Reply(status, text)
 
 
 def _json(body: dict[str, Any]) -> bytes:
@@ -86,13 +88,30 @@ def _json(body: dict[str, Any]) -> bytes:
     return json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
 
 
-class RoarkClient:
-    """Synchronous, used only from delivery threads; ``httpx.Client`` is thread-safe.
+def _proxied(client: httpx.Client, url: httpx.URL) -> bool:
+    """Whether httpx routes ``url`` through a proxy from the environment (HTTP(S)_PROXY,
+    ALL_PROXY, NO_PROXY), by its own rules as read when the client was made."""
+    route = getattr(client, "_transport_for_url", None)
+    default = getattr(client, "_transport", None)
+    if route is None or default is None:  # an httpx we do not know: it routes everything
+        return True
+    return route(url) is not default
 
-    Requests are built once per call of ours (URL parsed once, headers merged once) and go
-    through ``Client.send``: the client's proxies, TLS and transport still apply, without
-    ``Client.request``'s merging of URL, headers, cookies and params on every request.
-    Direct connections use :class:`Http11Transport` unless a transport is given.
+
+def _header_lines(headers: httpx.Headers) -> bytes:
+    # The compression httpx offers (br, zstd when installed) is its to undo, not ours.
+    skip = (b"accept-encoding", b"connection")
+    return b"".join(b"%s: %s\r\n" % (k, v) for k, v in headers.raw if k.lower() not in skip)
+
+
+class RoarkClient:
+    """Synchronous, used only from delivery threads; thread-safe.
+
+    Direct connections (no ``transport=`` given, no proxy from the environment for the
+    URL) go through :class:`Http11`, our own keep-alive HTTP/1.1 client, with each
+    request's head built once per call of ours. Otherwise requests go through
+    ``httpx.Client``: a given transport (tests plug faults in there) and httpx's
+    proxy transports apply exactly as httpx would apply them.
     """
 
     def __init__(
@@ -105,11 +124,7 @@ class RoarkClient:
         self._events_url = httpx.URL(settings.base_url + EVENTS_PATH)
         self._presign_url = httpx.URL(settings.base_url + PRESIGN_PATH)
         self._timeout = timeout
-        route: dict[str, Any] = {"transport": transport}
-        if transport is None:
-            # A catch-all mount rather than transport=: httpx then still mounts its own
-            # transports for proxies from the environment, and those take precedence.
-            route = {"mounts": {"all://": Http11Transport(httpx.create_ssl_context())}}
+        tls = httpx.create_ssl_context()
         self._api = httpx.Client(
             timeout=timeout,
             headers={
@@ -117,48 +132,108 @@ class RoarkClient:
                 "authorization": f"Bearer {settings.api_key}",
                 "user-agent": _USER_AGENT,
             },
-            **route,
+            transport=transport,
+            verify=tls,
         )
         # Presigned URLs reject any auth header: a separate client that never has one.
-        self._bare = httpx.Client(timeout=timeout, headers={"user-agent": _USER_AGENT}, **route)
+        self._bare = httpx.Client(
+            timeout=timeout, headers={"user-agent": _USER_AGENT}, transport=transport, verify=tls
+        )
         self._json_headers = httpx.Headers(self._api.headers)
         self._json_headers["content-type"] = "application/json"
         self._pcm_headers = httpx.Headers(self._bare.headers)
         self._pcm_headers["content-type"] = PCM_CONTENT_TYPE
+        self._wire = Http11(tls) if transport is None else None
+        self._json_lines = _header_lines(self._json_headers)
+        self._pcm_lines = _header_lines(self._pcm_headers)
+        self._direct: dict[Origin, bool] = {}  # by origin: no proxy applies
+
+    def _origin(self, client: httpx.Client, url: httpx.URL) -> Origin | None:
+        """The origin to connect to directly, or None for httpx to route the request."""
+        if self._wire is None or url.scheme not in ("http", "https") or not url.host:
+            return None
+        origin = origin_of(url)
+        direct = self._direct.get(origin)
+        if direct is None:
+            direct = not _proxied(client, url)
+            if len(self._direct) < _ORIGINS_KEPT:
+                self._direct[origin] = direct
+        return origin if direct else None
 
     def _send(
         self,
         client: httpx.Client,
         method: str,
-        url: httpx.URL | str,
+        url: httpx.URL,
         timeout: float | None,
         content: bytes,
         headers: httpx.Headers,
+        lines: bytes,
     ) -> Reply:
-        limit = httpx.Timeout(self._timeout if timeout is None else timeout)
+        limit = self._timeout if timeout is None else timeout
+        origin = self._origin(client, url)
+        if origin is not None and self._wire is not None:
+            head = b"%s %s HTTP/1.1\r\nHost: %s\r\n%s" % (
+                method.encode(),
+                url.raw_path,
+                url.netloc,
+                lines,
+            )
+            try:
+                with _suppressed():
+                    wire = self._wire.request(origin, head, content, (limit, limit, limit))
+                body = wire.decoded()
+            except TransportFailure as exc:
+                raise RoarkHTTPError(None, exc.kind) from None
+            if _requests.isEnabledFor(logging.DEBUG):
+                _requests.debug(
+                    'HTTP Request: %s %s "HTTP/1.1 %d %s"',
+                    method,
+                    url.copy_with(query=None),
+                    wire.status,
+                    wire.reason.decode("latin-1"),
+                )
+            retry_after = wire.header(b"retry-after")
+            return _check(
+                wire.status,
+                body.decode("utf-8", "replace"),
+                None if retry_after is None else retry_after.decode("latin-1"),
+            )
         try:
             request = httpx.Request(
                 method,
                 url,
                 content=content,
                 headers=headers,
-                extensions={"timeout": limit.as_dict()},
+                extensions={"timeout": httpx.Timeout(limit).as_dict()},
             )
             with _suppressed():
                 response = client.send(request)
         except httpx.HTTPError as exc:  # no str(exc): it may carry a presigned URL
             raise RoarkHTTPError(None, type(exc).__name__) from None
-        return _check(response)
+        return _check(response.status_code, response.text, response.headers.get("retry-after"))
 
     def post_event(self, body: dict[str, Any], *, timeout: float | None = None) -> Reply:
         return self._send(
-            self._api, "POST", self._events_url, timeout, _json(body), self._json_headers
+            self._api,
+            "POST",
+            self._events_url,
+            timeout,
+            _json(body),
+            self._json_headers,
+            self._json_lines,
         )
 
     def presign(self, call_id: str, index: int, *, timeout: float | None = None) -> PresignReply:
         request = _json(ChunkUploadRequest(pipecatCallId=call_id, chunkIndex=index).wire())
         reply = self._send(
-            self._api, "POST", self._presign_url, timeout, request, self._json_headers
+            self._api,
+            "POST",
+            self._presign_url,
+            timeout,
+            request,
+            self._json_headers,
+            self._json_lines,
         )
         try:
             return PresignReply.parse_reply(json.loads(reply.text))
@@ -166,11 +241,19 @@ class RoarkClient:
             raise RoarkHTTPError(None, "presign reply without a usable uploadUrl") from None
 
     def put_chunk(self, url: str, pcm: bytes, *, timeout: float | None = None) -> Reply:
-        return self._send(self._bare, "PUT", url, timeout, pcm, self._pcm_headers)
+        try:
+            parsed = httpx.URL(url)
+        except httpx.InvalidURL:
+            raise RoarkHTTPError(None, "InvalidURL") from None
+        return self._send(
+            self._bare, "PUT", parsed, timeout, pcm, self._pcm_headers, self._pcm_lines
+        )
 
     def close(self) -> None:
         self._api.close()
         self._bare.close()
+        if self._wire is not None:
+            self._wire.close()
 
 
 class LazyClient:

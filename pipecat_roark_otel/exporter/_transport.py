@@ -1,145 +1,207 @@
-"""A lean HTTP/1.1 transport for httpx on the standard library's ``http.client``.
+"""A minimal HTTP/1.1 keep-alive client on raw sockets, for direct connections.
 
-httpx's default transport (httpcore + h11) spends several times the CPU per request of
-``http.client``; delivery sends two requests per call from threads sharing one GIL, so
-that cost is what bounded its throughput. ``httpx.Client`` stays the interface: its
-timeouts, headers and proxies from the environment (proxied URLs go through httpx's own
-transports, which the client mounts) all apply. Keep-alive connections are pooled per
-origin; an idle one the server has closed is dropped before use, never sent on.
+Delivery sends a few requests per call from threads sharing one GIL, and against a fast
+receiver it is CPU work: ``httpx.Client`` around ``http.client`` (its header parsing goes
+through the ``email`` package) was more than half of it. This client writes each request
+with one ``sendall`` and parses the reply itself: status line, headers, a body by
+Content-Length, chunked or up to the close. Connections are pooled per origin; one the
+server closed while idle is dropped before use, and a request that meets a reused
+connection closed under it (no reply byte yet) is sent once more on a fresh one.
 """
 
 from __future__ import annotations
 
-import http.client
 import select
 import socket
 import ssl
 import threading
-from typing import Final
+import zlib
+from dataclasses import dataclass
+from typing import Final, Literal
 
 import httpx
 
 _MAX_IDLE: Final = 16  # per origin; delivery runs a handful of workers
+_MAX_HEAD: Final = 64 * 1024
+_MAX_BODY: Final = 16 * 1024 * 1024  # replies are small JSON; anything larger is not Roark
+_RECV: Final = 65536
 _DEFAULT_PORTS: Final = {"http": 80, "https": 443}
-_DROPPED: Final = frozenset({b"content-length", b"transfer-encoding"})
+_NO_BODY: Final = frozenset({204, 304})
 
-_Origin = tuple[str, str, int]
+Origin = tuple[str, str, int]  # scheme, host as sent (IDNA), port
+# Per phase, as httpx names them: connect, write, read.
+Timeouts = tuple[float | None, float | None, float | None]
+FailureKind = Literal[
+    "ConnectError",
+    "ConnectTimeout",
+    "WriteError",
+    "WriteTimeout",
+    "ReadError",
+    "ReadTimeout",
+    "RemoteProtocolError",
+]
 
 
-class Http11Transport(httpx.BaseTransport):
-    """Thread-safe: each connection serves one request at a time, idle ones wait in a pool."""
+class TransportFailure(Exception):
+    """No usable reply; ``kind`` is the matching httpx exception's name (never a URL)."""
 
-    def __init__(self, ssl_context: ssl.SSLContext) -> None:
-        self._ssl = ssl_context
-        self._lock = threading.Lock()  # guards _idle and _closed
-        self._idle: dict[_Origin, list[http.client.HTTPConnection]] = {}
-        self._closed = False
+    def __init__(self, kind: FailureKind) -> None:
+        super().__init__(kind)
+        self.kind: FailureKind = kind
 
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
-        url = request.url
-        port = url.port or _DEFAULT_PORTS.get(url.scheme)
-        if port is None:
-            raise httpx.UnsupportedProtocol(f"unsupported scheme {url.scheme!r}", request=request)
-        origin = (url.scheme, url.host, port)
-        timeouts = request.extensions.get("timeout", {})
-        body = request.read()
-        headers = [(k, v) for k, v in request.headers.raw if k.lower() not in _DROPPED]
-        if body or request.method in ("POST", "PUT", "PATCH"):
-            headers.append((b"Content-Length", str(len(body)).encode()))
-        target = url.raw_path.decode("ascii")
-        while True:
-            conn, reused = self._checkout(origin, timeouts.get("connect"), request)
+
+class _Closed(Exception):
+    """The peer closed the connection."""
+
+
+@dataclass(frozen=True, slots=True)
+class WireReply:
+    status: int
+    reason: bytes
+    version: bytes
+    headers: list[tuple[bytes, bytes]]  # names lower-cased
+    body: bytes  # as received: a Content-Encoding is the caller's to undo
+
+    def header(self, name: bytes) -> bytes | None:
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return None
+
+    def decoded(self) -> bytes:
+        coding = (self.header(b"content-encoding") or b"").strip().lower()
+        if coding in (b"gzip", b"deflate", b"x-gzip"):
             try:
-                _send(conn, request.method, target, headers, body, timeouts.get("write"))
-                break
-            except (OSError, http.client.HTTPException) as exc:
-                conn.close()
-                if not reused:  # a reused one may have been closed under us: the next is fresh
-                    raise _error(exc, "write", request) from None
+                return zlib.decompress(self.body, 47)  # zlib or gzip header
+            except zlib.error:
+                raise TransportFailure("RemoteProtocolError") from None
+        return self.body
+
+
+def origin_of(url: httpx.URL) -> Origin:
+    port = url.port or _DEFAULT_PORTS.get(url.scheme)
+    if port is None:
+        raise ValueError(f"unsupported scheme {url.scheme!r}")
+    return url.scheme, url.raw_host.decode("ascii"), port
+
+
+class _Reader:
+    """Buffered reads from one socket; ``received`` says whether any reply byte came."""
+
+    __slots__ = ("_sock", "buf", "received")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self.buf = b""
+        self.received = False
+
+    def _fill(self) -> None:
+        data = self._sock.recv(_RECV)
+        if not data:
+            raise _Closed
+        self.received = True
+        self.buf += data
+
+    def until(self, mark: bytes, limit: int) -> bytes:
+        while (end := self.buf.find(mark)) < 0:
+            if len(self.buf) > limit:
+                raise TransportFailure("RemoteProtocolError")
+            self._fill()
+        found, self.buf = self.buf[:end], self.buf[end + len(mark) :]
+        return found
+
+    def exactly(self, n: int) -> bytes:
+        if len(self.buf) < n:
+            parts, have = [self.buf], len(self.buf)
+            while have < n:
+                data = self._sock.recv(min(_RECV * 4, n - have))
+                if not data:
+                    raise _Closed
+                parts.append(data)
+                have += len(data)
+            self.buf = b"".join(parts)
+        found, self.buf = self.buf[:n], self.buf[n:]
+        return found
+
+    def to_close(self) -> bytes:
+        parts = [self.buf]
+        size = len(self.buf)
+        while data := self._sock.recv(_RECV):
+            parts.append(data)
+            size += len(data)
+            if size > _MAX_BODY:
+                raise TransportFailure("RemoteProtocolError")
+        self.buf = b""
+        return b"".join(parts)
+
+
+def _read_reply(reader: _Reader) -> tuple[WireReply, bool]:
+    """One reply, and whether the connection may carry another request."""
+    while True:
+        head = reader.until(b"\r\n\r\n", _MAX_HEAD).split(b"\r\n")
+        version, _, rest = head[0].partition(b" ")
+        code, _, reason = rest.partition(b" ")
+        if not version.startswith(b"HTTP/1.") or len(code) != 3 or not code.isdigit():
+            raise TransportFailure("RemoteProtocolError")
+        status = int(code)
+        headers: list[tuple[bytes, bytes]] = []
+        for line in head[1:]:
+            name, colon, value = line.partition(b":")
+            if not colon or not name or name != name.strip():
+                raise TransportFailure("RemoteProtocolError")
+            headers.append((name.lower(), value.strip()))
+        if not 100 <= status < 200:
+            break
+        # An interim reply (100 Continue and the like): the real one follows.
+    fields = dict(headers)
+    tokens = {t.strip() for t in fields.get(b"connection", b"").lower().split(b",")}
+    reusable = version == b"HTTP/1.1" and b"close" not in tokens
+    if status in _NO_BODY:
+        body = b""
+    elif b"transfer-encoding" in fields:
+        if not fields[b"transfer-encoding"].lower().endswith(b"chunked"):
+            raise TransportFailure("RemoteProtocolError")
+        body = _chunked(reader)
+    elif b"content-length" in fields:
+        lengths = {v.strip() for k, v in headers if k == b"content-length"}
+        length = lengths.pop()
+        if lengths or not length.isdigit() or int(length) > _MAX_BODY:
+            raise TransportFailure("RemoteProtocolError")
+        body = reader.exactly(int(length))
+    else:
+        body, reusable = reader.to_close(), False
+    if reader.buf:  # bytes we never asked for: the connection is out of step
+        reusable = False
+    return WireReply(status, reason, version, headers, body), reusable
+
+
+def _chunked(reader: _Reader) -> bytes:
+    parts: list[bytes] = []
+    size = 0
+    while True:
+        line = reader.until(b"\r\n", 1024)
         try:
-            if conn.sock is not None:
-                conn.sock.settimeout(timeouts.get("read"))
-            reply = conn.getresponse()
-            content = reply.read()
-        except (OSError, http.client.HTTPException) as exc:
-            conn.close()
-            raise _error(exc, "read", request) from None
-        if reply.will_close:
-            conn.close()
-        else:
-            self._checkin(origin, conn)
-        return httpx.Response(
-            reply.status,
-            headers=reply.getheaders(),
-            stream=httpx.ByteStream(content),
-            extensions={
-                "http_version": b"HTTP/1.1" if reply.version == 11 else b"HTTP/1.0",
-                "reason_phrase": reply.reason.encode("latin-1", "replace"),
-            },
-        )
-
-    def close(self) -> None:
-        with self._lock:
-            self._closed = True
-            idle, self._idle = self._idle, {}
-        for conns in idle.values():
-            for conn in conns:
-                conn.close()
-
-    def _checkout(
-        self, origin: _Origin, timeout: float | None, request: httpx.Request
-    ) -> tuple[http.client.HTTPConnection, bool]:
-        while True:
-            with self._lock:
-                pool = self._idle.get(origin)
-                conn = pool.pop() if pool else None
-            if conn is None:
-                return self._connect(origin, timeout, request), False
-            if conn.sock is not None and not _readable(conn.sock):
-                return conn, True
-            conn.close()  # closed by the server (or it sent what we never asked for)
-
-    def _checkin(self, origin: _Origin, conn: http.client.HTTPConnection) -> None:
-        with self._lock:
-            pool = self._idle.setdefault(origin, [])
-            if not self._closed and len(pool) < _MAX_IDLE:
-                pool.append(conn)
-                return
-        conn.close()
-
-    def _connect(
-        self, origin: _Origin, timeout: float | None, request: httpx.Request
-    ) -> http.client.HTTPConnection:
-        scheme, host, port = origin
-        conn: http.client.HTTPConnection
-        if scheme == "https":
-            conn = http.client.HTTPSConnection(host, port, timeout=timeout, context=self._ssl)
-        else:
-            conn = http.client.HTTPConnection(host, port, timeout=timeout)
-        try:
-            conn.connect()
-            assert conn.sock is not None
-            conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except (OSError, http.client.HTTPException) as exc:
-            conn.close()
-            raise _error(exc, "connect", request) from None
-        return conn
+            n = int(line.partition(b";")[0].strip(), 16)
+        except ValueError:
+            raise TransportFailure("RemoteProtocolError") from None
+        if n == 0:
+            while reader.until(b"\r\n", _MAX_HEAD):  # trailers, up to the empty line
+                pass
+            return b"".join(parts)
+        size += n
+        if n < 0 or size > _MAX_BODY:
+            raise TransportFailure("RemoteProtocolError")
+        parts.append(reader.exactly(n))
+        if reader.exactly(2) != b"\r\n":
+            raise TransportFailure("RemoteProtocolError")
 
 
-def _send(
-    conn: http.client.HTTPConnection,
-    method: str,
-    target: str,
-    headers: list[tuple[bytes, bytes]],
-    body: bytes,
-    timeout: float | None,
-) -> None:
-    if conn.sock is not None:
-        conn.sock.settimeout(timeout)
-    conn.putrequest(method, target, skip_host=True, skip_accept_encoding=True)
-    for name, value in headers:
-        conn.putheader(name.decode("latin-1"), value)
-    conn.endheaders(body)  # headers and body in one send
+def _failure(exc: BaseException, phase: str) -> FailureKind:
+    if isinstance(exc, TimeoutError):  # socket.timeout is TimeoutError
+        return "WriteTimeout" if phase == "write" else "ReadTimeout"
+    if isinstance(exc, _Closed):  # httpx: "Server disconnected without sending a response"
+        return "RemoteProtocolError"
+    return "WriteError" if phase == "write" else "ReadError"
 
 
 def _readable(sock: socket.socket) -> bool:
@@ -150,19 +212,90 @@ def _readable(sock: socket.socket) -> bool:
         return True
 
 
-def _error(exc: BaseException, phase: str, request: httpx.Request) -> httpx.TransportError:
-    # The message never holds the URL: a presigned one is a credential.
-    name = type(exc).__name__
-    if isinstance(exc, TimeoutError):  # socket.timeout is TimeoutError
-        kind: type[httpx.TransportError] = {
-            "connect": httpx.ConnectTimeout,
-            "write": httpx.WriteTimeout,
-        }.get(phase, httpx.ReadTimeout)
-        return kind(name, request=request)
-    if phase == "connect":
-        return httpx.ConnectError(name, request=request)
-    if isinstance(exc, http.client.HTTPException):
-        return httpx.RemoteProtocolError(name, request=request)
-    if phase == "write":
-        return httpx.WriteError(name, request=request)
-    return httpx.ReadError(name, request=request)
+class Http11:
+    """Thread-safe: each connection serves one request at a time, idle ones wait in a pool."""
+
+    def __init__(self, ssl_context: ssl.SSLContext) -> None:
+        self._ssl = ssl_context
+        self._lock = threading.Lock()  # guards _idle and _closed
+        self._idle: dict[Origin, list[socket.socket]] = {}
+        self._closed = False
+
+    def request(self, origin: Origin, head: bytes, body: bytes, timeouts: Timeouts) -> WireReply:
+        """``head``: the request line and headers, each ending in CRLF, without the blank
+        line and without Content-Length (added here)."""
+        message = b"%sContent-Length: %d\r\n\r\n%s" % (head, len(body), body)
+        connect, write, read = timeouts
+        sock, reused = self._checkout(origin, connect)
+        while True:
+            reader, phase = _Reader(sock), "write"
+            try:
+                sock.settimeout(write)
+                sock.sendall(message)
+                sock.settimeout(read)
+                phase = "read"
+                reply, reusable = _read_reply(reader)
+                break
+            except TransportFailure:
+                sock.close()
+                raise
+            except (_Closed, OSError) as exc:
+                sock.close()
+                timeout = isinstance(exc, TimeoutError)
+                if reused and not reader.received and not timeout:
+                    # The server closed the kept-alive connection as we sent: once more, fresh.
+                    sock, reused = self._connect(origin, connect), False
+                    continue
+                raise TransportFailure(_failure(exc, phase)) from None
+        if reusable:
+            self._checkin(origin, sock)
+        else:
+            sock.close()
+        return reply
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, {}
+        for socks in idle.values():
+            for sock in socks:
+                sock.close()
+
+    def _checkout(self, origin: Origin, timeout: float | None) -> tuple[socket.socket, bool]:
+        while True:
+            with self._lock:
+                pool = self._idle.get(origin)
+                sock = pool.pop() if pool else None
+            if sock is None:
+                return self._connect(origin, timeout), False
+            if not _readable(sock):
+                return sock, True
+            sock.close()  # closed by the server (or it sent what we never asked for)
+
+    def _checkin(self, origin: Origin, sock: socket.socket) -> None:
+        with self._lock:
+            pool = self._idle.setdefault(origin, [])
+            if not self._closed and len(pool) < _MAX_IDLE:
+                pool.append(sock)
+                return
+        sock.close()
+
+    def _connect(self, origin: Origin, timeout: float | None) -> socket.socket:
+        scheme, host, port = origin
+        try:
+            sock = socket.create_connection((host.strip("[]"), port), timeout=timeout)
+        except TimeoutError:
+            raise TransportFailure("ConnectTimeout") from None
+        except OSError:
+            raise TransportFailure("ConnectError") from None
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if scheme == "https":
+                sock = self._ssl.wrap_socket(sock, server_hostname=host.strip("[]"))
+        except TimeoutError:
+            sock.close()
+            raise TransportFailure("ConnectTimeout") from None
+        except OSError:  # ssl.SSLError (a certificate not trusted, too) is an OSError
+            sock.close()
+            raise TransportFailure("ConnectError") from None
+        return sock
