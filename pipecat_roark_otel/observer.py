@@ -147,7 +147,7 @@ class RoarkObserver(BaseObserver):
         if audio_buffer_processor is not None:
             audio_buffer_processor.add_event_handler("on_audio_data", self._chunks.on_audio_data)
         self.recording = ObservedRecorder()
-        self.recording.add_listener(self._chunks.add)
+        self.recording.add_buffer_listener(self._chunks.add)
         self._hop_free: bool | None = None
         self._user_source: FrameProcessor | None = None
         self._bot_source: FrameProcessor | None = None

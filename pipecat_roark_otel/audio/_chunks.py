@@ -12,6 +12,9 @@ from .. import _errors
 # What the reference uploads per chunk; the spliced recorder's buffer holds this per track.
 DEFAULT_CHUNK_BYTES = 256 * 1024
 
+# A chunk's PCM: bytes, or the recorder's own read-only buffer, handed over without a copy.
+PCM = bytes | memoryview
+
 
 @dataclass(frozen=True, slots=True)
 class Chunk:
@@ -19,7 +22,7 @@ class Chunk:
 
     call_id: str
     index: int
-    pcm: bytes
+    pcm: PCM
     sample_rate: int | None = None
     num_channels: int | None = None
 
@@ -30,6 +33,27 @@ class ChunkTarget(Protocol):
         call_id: str,
         index: int,
         pcm: bytes,
+        *,
+        sample_rate: int | None = None,
+        num_channels: int | None = None,
+    ) -> bool: ...
+
+
+@runtime_checkable
+class BufferTarget(Protocol):
+    """A target that takes the recorder's read-only buffer as it is (the Roark engine).
+
+    It only keeps a reference (never mutates, never closes): the buffer is freed when the
+    target drops it. Every other target gets ``bytes``.
+    """
+
+    takes_buffers: bool
+
+    def submit_chunk(
+        self,
+        call_id: str,
+        index: int,
+        pcm: PCM,
         *,
         sample_rate: int | None = None,
         num_channels: int | None = None,
@@ -51,7 +75,7 @@ class ChunkSink:
     """
 
     def __init__(self) -> None:
-        self.target: ChunkTarget | None = None
+        self.target: ChunkTarget | BufferTarget | None = None
         self.call_id: str | None = None
         self.chunks = 0
         self.bytes = 0
@@ -62,7 +86,7 @@ class ChunkSink:
         # Chunks that came before the call was opened; handed over on attach.
         self._early: list[tuple[bytes, int, int]] = []
 
-    def attach(self, target: ChunkTarget | None, call_id: str) -> None:
+    def attach(self, target: ChunkTarget | BufferTarget | None, call_id: str) -> None:
         self.target = target
         self.call_id = call_id
         early, self._early = self._early, []
@@ -83,7 +107,7 @@ class ChunkSink:
         with _errors.guard("on_audio_data"):
             self.add(audio, sample_rate, num_channels)
 
-    def add(self, audio: bytes, sample_rate: int, num_channels: int) -> None:
+    def add(self, audio: PCM, sample_rate: int, num_channels: int) -> None:
         if self.closed or not audio:
             return
         if self.call_id is None:
@@ -97,9 +121,15 @@ class ChunkSink:
         self.chunks += 1
         self.sample_rate = sample_rate
         self.num_channels = num_channels
-        accepted = self.target.submit_chunk(
-            self.call_id, index, bytes(audio), sample_rate=sample_rate, num_channels=num_channels
-        )
+        target, call_id = self.target, self.call_id
+        if isinstance(target, BufferTarget):
+            accepted = target.submit_chunk(
+                call_id, index, audio, sample_rate=sample_rate, num_channels=num_channels
+            )
+        else:  # a target of the user's own gets bytes
+            accepted = target.submit_chunk(
+                call_id, index, bytes(audio), sample_rate=sample_rate, num_channels=num_channels
+            )
         if accepted:
             self.bytes += len(audio)
         else:  # the target counted and logged the loss; the index stays used

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from .. import _errors
-from ..audio._chunks import Chunk
+from ..audio._chunks import PCM, Chunk
 from ._client import LazyClient, RoarkClient
 from ._gate import PROBE_INTERVAL_S, Gate, GatePolicy
 from ._handoff import Handoff
@@ -143,7 +143,7 @@ class Delivery:
         self,
         call_id: str,
         index: int,
-        pcm: bytes,
+        pcm: PCM,
         *,
         sample_rate: int | None = None,
         num_channels: int | None = None,

@@ -18,6 +18,7 @@ from typing import Any, Final
 
 import httpx
 
+from ..audio._chunks import PCM
 from ..config import ENV_SPOOL_DIR, RoarkSettings
 from ._client import RoarkClient
 from ._delivery import Delivery, DeliveryOptions
@@ -31,6 +32,9 @@ _EngineKey = tuple[str, str, str]
 
 class Engine:
     """The outbox and its delivery for one (spool dir, Roark, key)."""
+
+    # Recorder chunks are kept as handed over (a read-only buffer) until persisted.
+    takes_buffers = True
 
     def __init__(
         self,
@@ -100,7 +104,7 @@ class Engine:
         self,
         call_id: str,
         index: int,
-        pcm: bytes,
+        pcm: PCM,
         *,
         sample_rate: int | None = None,
         num_channels: int | None = None,

@@ -25,13 +25,13 @@ _FILE_MODE: Final = 0o666  # as open() makes them, less the umask; the folders a
 StrPath: TypeAlias = "str | os.PathLike[str]"
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def _write_all(fd: int, data: bytes | memoryview) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
 
 
-def write_atomic(path: StrPath, data: bytes) -> None:
+def write_atomic(path: StrPath, data: bytes | memoryview) -> None:
     head, name = os.path.split(os.fspath(path))
     tmp = os.path.join(head, f"{TMP_PREFIX}{os.getpid()}-{secrets.token_hex(6)}-{name}")
     try:
@@ -47,7 +47,7 @@ def write_atomic(path: StrPath, data: bytes) -> None:
         raise
 
 
-def append_line(path: StrPath, data: bytes) -> None:
+def append_line(path: StrPath, data: bytes | memoryview) -> None:
     flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | _CLOEXEC | _BINARY
     fd = os.open(path, flags, _FILE_MODE)
     try:

@@ -53,7 +53,7 @@ _TOMBSTONE_TTL_S: Final = 7 * 24 * 3600.0
 _REASON_MAX: Final = 500
 _KEY_LEN: Final = 32
 
-Write = Callable[[Path, bytes], None]
+Write = Callable[[Path, bytes | memoryview], None]
 
 
 def call_key(call_id: str) -> str:
@@ -134,7 +134,7 @@ class Outbox:
         self,
         call_id: str,
         index: int,
-        pcm: bytes,
+        pcm: bytes | memoryview,
         *,
         sample_rate: int | None = None,
         num_channels: int | None = None,
@@ -146,7 +146,12 @@ class Outbox:
         return self._put(call_id, chunk(index), pcm)
 
     def _put(
-        self, call_id: str, item: ItemId | None, data: bytes, *, filename: str | None = None
+        self,
+        call_id: str,
+        item: ItemId | None,
+        data: bytes | memoryview,
+        *,
+        filename: str | None = None,
     ) -> bool:
         """Write one item unless it is already there or already delivered. True if written."""
         if not call_id:
