@@ -190,6 +190,22 @@ class PipecatTracing:
         return ctx
 
 
+# AudioBufferProcessor events only its own buffers can serve (separate tracks, turns).
+_BUFFER_EVENTS = (
+    "on_track_audio_data",
+    "on_user_turn_audio",
+    "on_bot_turn_audio",
+    "on_user_turn_audio_data",
+    "on_bot_turn_audio_data",
+)
+
+
+def has_buffer_event_handlers(processor: AudioBufferProcessor) -> bool:
+    """Whether anyone listens to an event that needs Pipecat's per-track buffers."""
+    registry: Mapping[str, Any] = getattr(processor, "_event_handlers", {})
+    return any(getattr(registry.get(name), "handlers", None) for name in _BUFFER_EVENTS)
+
+
 async def wait_for_audio_handlers(processor: AudioBufferProcessor, timeout: float) -> bool:
     """Wait for ``on_audio_data`` handler tasks Pipecat runs in the background.
 
@@ -231,6 +247,9 @@ class PositionTrackingRecorder(AudioBufferProcessor):
         if not is_recording(self):
             self._emitted_track_bytes = 0
         await cast(Any, super()).start_recording()
+
+    async def stop_recording(self) -> None:
+        await cast(Any, super()).stop_recording()
 
     async def _call_on_audio_data_handler(self) -> None:
         me: Any = self

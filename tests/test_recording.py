@@ -1,9 +1,10 @@
 """The recording issue, end to end: real PipelineTasks record, the local Roark assembles the WAV.
 
 Every test compares the WAV Roark built from the uploaded chunks with the PCM the
-recorder handed out in-process: byte for byte. The recording tests run twice: with the
-default recorder (from observed frames, nothing in the pipeline) and with
-``observer.audio_processor`` spliced after the output transport.
+recorder handed out in-process: byte for byte. The recording tests run three ways: with
+the default recorder (from observed frames, nothing in the pipeline), with
+``observer.audio_processor`` spliced after the output transport, and with it spliced and
+an ``on_track_audio_data`` handler attached (Pipecat's own buffers record then).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from pipecat.transports.base_transport import TransportParams
 
 from pipecat_roark_otel import RoarkObserver
 from pipecat_roark_otel import semconv as sc
-from pipecat_roark_otel.audio import DEFAULT_CHUNK_BYTES
+from pipecat_roark_otel.audio import DEFAULT_CHUNK_BYTES, RoarkAudioRecorder
 from pipecat_roark_otel.devserver import LocalRoark
 from pipecat_roark_otel.exporter import RoarkSpanExporter
 from pipecat_roark_otel.simulation import (
@@ -131,7 +132,16 @@ def observed_output(observer: RoarkObserver) -> list[bytes]:
     return chunks
 
 
-MODES = ["observed", "spliced"]
+def tracks_wanted(processor: AudioBufferProcessor) -> None:
+    """A handler only Pipecat's per-track buffers can serve: the spliced recorder uses them."""
+
+    async def ignore(_p: object, _user: bytes, _bot: bytes, _rate: int, _channels: int) -> None:
+        return None
+
+    processor.add_event_handler("on_track_audio_data", ignore)
+
+
+MODES = ["observed", "spliced", "spliced_pipecat"]
 
 
 @pytest.fixture(params=MODES)
@@ -182,6 +192,8 @@ async def run_call(
         await _run_simulated_call(observer, script=script, **kwargs)
         return observed
     spliced = record_output(observer.audio_processor)
+    if mode == "spliced_pipecat":
+        tracks_wanted(observer.audio_processor)
     await _run_simulated_call(observer, script=script, recorder=observer.audio_processor, **kwargs)
     assert observed == [], "a spliced recorder records alone: the call is never recorded twice"
     return spliced
@@ -641,3 +653,55 @@ async def test_each_audio_frame_is_recorded_once_where_it_is_heard(
     # Once each: three more hops would triple a track.
     assert abs(got.wav.voiced_ms(USER) - ticks * 20) <= 40
     assert abs(got.wav.voiced_ms(BOT) - bot_s * 1000) <= 40
+
+
+class BuffersProbe(FrameProcessor):
+    """After the recorders: does each hold audio in Pipecat's buffers mid-call?"""
+
+    def __init__(self, *recorders: AudioBufferProcessor) -> None:
+        super().__init__(name="buffers-probe")
+        self._recorders = recorders
+        self.buffered = [False] * len(recorders)
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        await super().process_frame(frame, direction)
+        for i, recorder in enumerate(self._recorders):
+            self.buffered[i] = self.buffered[i] or recorder.has_audio()
+        await self.push_frame(frame, direction)
+
+
+async def test_spliced_recorder_records_the_same_call_either_way(
+    exporter: RoarkSpanExporter, roark: LocalRoark, otel: Otel
+) -> None:
+    """Our batched recorder by default; Pipecat's buffers once a track handler wants them.
+
+    Both spliced in one real-time call: the same speech, run for run. Pipecat's per-frame
+    resampler holds back the last ~40 ms of the caller's 16 kHz audio until their next
+    frame, after the bot's reply has been placed; so runs agree to 50 ms, onsets loosely.
+    """
+    observer = RoarkObserver(agent_id="a")
+    ours = observer.audio_processor
+    pipecats = RoarkAudioRecorder()
+    tracks_wanted(pipecats)
+    recorded, reference = record_output(ours), record_output(pipecats)
+    probe = BuffersProbe(ours, pipecats)
+    sim = SimulatedCall(REAL_TIME)
+    task = PipelineTask(
+        Pipeline([*sim.processors(ours), pipecats, probe]),
+        params=PipelineParams(audio_out_sample_rate=24_000),
+        observers=[observer],
+    )
+    await run(task)
+    got = deliver(exporter, roark, observer, recorded)
+
+    got.assert_byte_exact()
+    # Only the recorder that had to fall back holds audio in Pipecat's buffers.
+    assert probe.buffered == [False, True]
+    other = Wav(24_000, 2, 2, b"".join(reference))
+    assert abs(got.wav.duration_ms - other.duration_ms) <= 3 * TOLERANCE_MS
+    for channel in (USER, BOT):
+        mine, theirs = got.wav.runs_ms(channel), other.runs_ms(channel)
+        assert len(mine) == len(theirs) >= 1
+        for (a0, a1), (b0, b1) in zip(mine, theirs, strict=True):
+            assert abs((a1 - a0) - (b1 - b0)) <= 5 * BLOCK_MS
+            assert abs(a0 - b0) <= 2 * TOLERANCE_MS

@@ -4,19 +4,40 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipecat.frames.frames import Frame, InputAudioRawFrame, OutputAudioRawFrame, StartFrame
-from pipecat.processors.frame_processor import FrameDirection
+from pipecat.frames.frames import (
+    BotStartedSpeakingFrame,
+    BotStoppedSpeakingFrame,
+    Frame,
+    InputAudioRawFrame,
+    OutputAudioRawFrame,
+    StartFrame,
+    UserStartedSpeakingFrame,
+    UserStoppedSpeakingFrame,
+)
+from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 
-from .._compat import PositionTrackingRecorder, is_recording, start_recording
+from .._compat import (
+    PositionTrackingRecorder,
+    has_buffer_event_handlers,
+    is_recording,
+    start_recording,
+)
 from ._chunks import DEFAULT_CHUNK_BYTES
+from ._recorder import ObservedRecorder
 from ._timeline import RecordingTimeline
 
 
 class RoarkAudioRecorder(PositionTrackingRecorder):
-    """Stereo (L = user, R = bot), ~256 KiB chunks, sample rate from the pipeline.
+    """Stereo (L = user, R = bot), ~256 KiB per track in each chunk, rate from the pipeline.
 
     Splice it after ``transport.output()`` so it hears the bot as played. Once it is
     in a pipeline, the observer leaves the recording to it.
+
+    It records with the observer's own recorder (batched placement and resampling) and
+    hands each chunk to its ``on_audio_data`` handlers. Only where that cannot serve
+    (mono, ``buffer_size=0``, turn audio, or a handler on ``on_track_audio_data`` or a
+    turn-audio event when recording starts) does Pipecat's ``AudioBufferProcessor``
+    record, frame by frame, with its buffers.
     """
 
     def __init__(
@@ -33,17 +54,67 @@ class RoarkAudioRecorder(PositionTrackingRecorder):
         super().__init__(
             sample_rate=sample_rate, num_channels=num_channels, buffer_size=buffer_size, **kwargs
         )
+        self._chunk_bytes = num_channels * buffer_size
+        self._can_record_observed = (
+            num_channels == 2 and buffer_size > 0 and not kwargs.get("enable_turn_audio")
+        )
+        self._observed: ObservedRecorder | None = None  # recording this way, this recording
+        self._ready: list[tuple[bytes, int, int]] = []  # its chunks, not yet handed out
         # One per track: Pipecat aligns the two only loosely while both are quiet.
         self.user_timeline = RecordingTimeline()
         self.bot_timeline = RecordingTimeline()
         self.spliced = False
+        self._clock: Any = None  # the pipeline's: frames only flow once it is set up
 
     async def setup(self, setup: Any) -> None:
         # Pipecat sets up every processor of a pipeline before its StartFrame flows.
         await super().setup(setup)
+        self._clock = self.get_clock()
         self.spliced = True
 
+    async def start_recording(self) -> None:
+        if is_recording(self):
+            return
+        self._observed = None
+        if self._can_record_observed and not has_buffer_event_handlers(self):
+            recorder = ObservedRecorder(chunk_bytes=self._chunk_bytes)
+            recorder.add_listener(self._keep)
+            recorder.start(self.sample_rate)
+            self.user_timeline = recorder.user_timeline
+            self.bot_timeline = recorder.bot_timeline
+            self._observed = recorder
+        else:
+            self.user_timeline = RecordingTimeline()
+            self.bot_timeline = RecordingTimeline()
+        await super().start_recording()
+
+    async def stop_recording(self) -> None:
+        recorder = self._observed
+        if recorder is not None and recorder.recording:
+            # The tail goes out before on_recording_stopped, as Pipecat's own does.
+            recorder.stop()
+            await self._hand_out()
+        await super().stop_recording()
+
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        recorder = self._observed
+        if recorder is not None and recorder.recording:
+            # Per audio frame: Pipecat's own step (observers see it), ours, then on.
+            if isinstance(frame, InputAudioRawFrame):
+                await FrameProcessor.process_frame(self, frame, direction)
+                clock_ns = self._clock.get_time()
+                recorder.user_audio(frame.audio, frame.sample_rate, frame.num_channels, clock_ns)
+            elif isinstance(frame, OutputAudioRawFrame):
+                await FrameProcessor.process_frame(self, frame, direction)
+                clock_ns = self._clock.get_time()
+                recorder.bot_audio(frame.audio, frame.sample_rate, frame.num_channels, clock_ns)
+            else:
+                await self._other_frame(recorder, frame, direction)
+                return
+            if self._ready:
+                await self._hand_out()
+            await self.push_frame(frame, direction)
+            return
         # Capture rule 11: armed inline, before any greeting audio can reach us.
         if isinstance(frame, StartFrame) and not is_recording(self):
             await start_recording(self)
@@ -63,3 +134,21 @@ class RoarkAudioRecorder(PositionTrackingRecorder):
             timeline.observe(
                 self.get_clock().get_time() - int(duration_ms * 1_000_000), after - duration_ms
             )
+
+    async def _other_frame(
+        self, recorder: ObservedRecorder, frame: Frame, direction: FrameDirection
+    ) -> None:
+        """Speaking state to our recorder; Pipecat's handling of the rest (start, stop, end)."""
+        if isinstance(frame, (UserStartedSpeakingFrame, UserStoppedSpeakingFrame)):
+            recorder.user_speaking(isinstance(frame, UserStartedSpeakingFrame))
+        elif isinstance(frame, (BotStartedSpeakingFrame, BotStoppedSpeakingFrame)):
+            recorder.bot_speaking(isinstance(frame, BotStartedSpeakingFrame))
+        await super().process_frame(frame, direction)
+
+    def _keep(self, pcm: bytes, sample_rate: int, num_channels: int) -> None:
+        self._ready.append((pcm, sample_rate, num_channels))
+
+    async def _hand_out(self) -> None:
+        ready, self._ready = self._ready, []
+        for pcm, sample_rate, num_channels in ready:
+            await self._call_event_handler("on_audio_data", pcm, sample_rate, num_channels)
