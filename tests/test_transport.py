@@ -430,3 +430,31 @@ def test_no_proxy_sends_direct_even_with_a_proxy_set(
     c.close()
     assert proxy.requests == []
     assert server.requests == [b"POST /v1/integrations/pipecat HTTP/1.1"]
+
+
+@pytest.mark.parametrize(
+    ("path", "sent"),
+    [
+        ("/a b/c.pcm?x=1", b"/a%20b/c.pcm?x=1"),  # httpx re-encodes what we would not send
+        ("/a/../c.pcm", b"/c.pcm"),
+        ("/c.pcm?X-Sig=a%2Fb#frag", b"/c.pcm?X-Sig=a%2Fb"),
+    ],
+)
+def test_a_presigned_url_goes_out_as_httpx_would_send_it(
+    tmp_path: Path, servers: list[TinyServer], path: str, sent: bytes
+) -> None:
+    server = TinyServer()
+    servers.append(server)
+    c = client(server.url, tmp_path)
+    assert c.put_chunk(server.url + path, b"pcm").status == 200
+    c.close()
+    assert server.requests == [b"PUT " + sent + b" HTTP/1.1"]
+
+
+def test_an_unusable_presigned_url_is_a_network_error(tmp_path: Path) -> None:
+    c = client("http://127.0.0.1:1", tmp_path)
+    for url in ("ftp://127.0.0.1/x", "http://[::1/x", "http:///x"):
+        with pytest.raises(RoarkHTTPError) as err:
+            c.put_chunk(url, b"pcm")
+        assert err.value.status is None
+    c.close()

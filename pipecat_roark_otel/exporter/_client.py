@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Final
+from urllib.parse import urlsplit
 
 import httpx
 import pydantic
@@ -24,6 +26,10 @@ PRESIGN_PATH: Final = "/v1/integrations/pipecat/chunk-upload-url"
 PCM_CONTENT_TYPE: Final = "audio/pcm"
 _MESSAGE_MAX: Final = 300
 _USER_AGENT: Final = "pipecat-roark-otel"
+# A target sent as given: what httpx would send unchanged (no re-encoding needed).
+_PLAIN_TARGET: Final = re.compile(
+    r"/(?:[A-Za-z0-9\-_~:/?@!$&'()*+,;=]|%[0-9A-Fa-f]{2}|\.(?<!/\.))*"
+)
 _ORIGINS_KEPT: Final = 64  # routing decisions remembered (Roark, its storage)
 
 
@@ -98,20 +104,45 @@ def _proxied(client: httpx.Client, url: httpx.URL) -> bool:
     return route(url) is not default
 
 
+def _route(client: httpx.Client, scheme: str, netloc: str) -> tuple[Origin, bytes] | None:
+    """The origin and Host header to reach ``scheme://netloc`` directly; None if httpx must."""
+    if scheme not in ("http", "https") or not netloc or "@" in netloc:  # userinfo: httpx's
+        return None
+    try:
+        url = httpx.URL(f"{scheme}://{netloc}/")
+    except httpx.InvalidURL:
+        return None
+    if not url.host or _proxied(client, url):
+        return None
+    return origin_of(url), url.netloc
+
+
 def _header_lines(headers: httpx.Headers) -> bytes:
     # The compression httpx offers (br, zstd when installed) is its to undo, not ours.
     skip = (b"accept-encoding", b"connection")
     return b"".join(b"%s: %s\r\n" % (k, v) for k, v in headers.raw if k.lower() not in skip)
 
 
+@dataclass(frozen=True, slots=True)
+class _Direct:
+    """Where to send one URL ourselves: the connection's origin, Host, request target."""
+
+    origin: Origin
+    host: bytes
+    target: bytes
+
+    def shown(self) -> str:  # for the request log: never the query (presigned URLs)
+        return f"{self.origin[0]}://{self.host.decode()}{self.target.partition(b'?')[0].decode()}"
+
+
 class RoarkClient:
     """Synchronous, used only from delivery threads; thread-safe.
 
     Direct connections (no ``transport=`` given, no proxy from the environment for the
-    URL) go through :class:`Http11`, our own keep-alive HTTP/1.1 client, with each
-    request's head built once per call of ours. Otherwise requests go through
-    ``httpx.Client``: a given transport (tests plug faults in there) and httpx's
-    proxy transports apply exactly as httpx would apply them.
+    URL) go through :class:`Http11`, our own keep-alive HTTP/1.1 client, with header
+    lines encoded once. Otherwise requests go through ``httpx.Client``: a given transport
+    (tests plug faults in there) and httpx's proxy transports apply exactly as httpx
+    would apply them.
     """
 
     def __init__(
@@ -121,8 +152,8 @@ class RoarkClient:
         transport: httpx.BaseTransport | None = None,
         timeout: float = 10.0,
     ) -> None:
-        self._events_url = httpx.URL(settings.base_url + EVENTS_PATH)
-        self._presign_url = httpx.URL(settings.base_url + PRESIGN_PATH)
+        self._events_url = settings.base_url + EVENTS_PATH
+        self._presign_url = settings.base_url + PRESIGN_PATH
         self._timeout = timeout
         tls = httpx.create_ssl_context()
         self._api = httpx.Client(
@@ -146,53 +177,60 @@ class RoarkClient:
         self._wire = Http11(tls) if transport is None else None
         self._json_lines = _header_lines(self._json_headers)
         self._pcm_lines = _header_lines(self._pcm_headers)
-        self._direct: dict[Origin, bool] = {}  # by origin: no proxy applies
+        self._routes: dict[tuple[str, str], tuple[Origin, bytes] | None] = {}
+        self._events = self._direct(self._api, self._events_url)
+        self._presign = self._direct(self._api, self._presign_url)
 
-    def _origin(self, client: httpx.Client, url: httpx.URL) -> Origin | None:
-        """The origin to connect to directly, or None for httpx to route the request."""
-        if self._wire is None or url.scheme not in ("http", "https") or not url.host:
+    def _direct(self, client: httpx.Client, url: str) -> _Direct | None:
+        """How to send ``url`` ourselves, or None for httpx to send it (transport=, a
+        proxy, a URL whose target httpx would have to re-encode)."""
+        if self._wire is None:
             return None
-        origin = origin_of(url)
-        direct = self._direct.get(origin)
-        if direct is None:
-            direct = not _proxied(client, url)
-            if len(self._direct) < _ORIGINS_KEPT:
-                self._direct[origin] = direct
-        return origin if direct else None
+        try:
+            parts = urlsplit(url)
+        except ValueError:  # httpx says why
+            return None
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        if not _PLAIN_TARGET.fullmatch(target):
+            return None
+        key = (parts.scheme, parts.netloc)
+        if key in self._routes:
+            route = self._routes[key]
+        else:
+            route = _route(client, *key)
+            if len(self._routes) < _ORIGINS_KEPT:
+                self._routes[key] = route
+        return None if route is None else _Direct(route[0], route[1], target.encode("ascii"))
 
     def _send(
         self,
         client: httpx.Client,
         method: str,
-        url: httpx.URL,
+        url: str,
+        direct: _Direct | None,
         timeout: float | None,
         content: bytes,
         headers: httpx.Headers,
         lines: bytes,
     ) -> Reply:
         limit = self._timeout if timeout is None else timeout
-        origin = self._origin(client, url)
-        if origin is not None and self._wire is not None:
+        if direct is not None and self._wire is not None:
             head = b"%s %s HTTP/1.1\r\nHost: %s\r\n%s" % (
                 method.encode(),
-                url.raw_path,
-                url.netloc,
+                direct.target,
+                direct.host,
                 lines,
             )
             try:
                 with _suppressed():
-                    wire = self._wire.request(origin, head, content, (limit, limit, limit))
+                    wire = self._wire.request(direct.origin, head, content, (limit,) * 3)
                 body = wire.decoded()
             except TransportFailure as exc:
                 raise RoarkHTTPError(None, exc.kind) from None
             if _requests.isEnabledFor(logging.DEBUG):
-                _requests.debug(
-                    'HTTP Request: %s %s "HTTP/1.1 %d %s"',
-                    method,
-                    url.copy_with(query=None),
-                    wire.status,
-                    wire.reason.decode("latin-1"),
-                )
+                reason = wire.reason.decode("latin-1")
+                line = f'{method} {direct.shown()} "HTTP/1.1 {wire.status} {reason}"'
+                _requests.debug("HTTP Request: %s", line)
             retry_after = wire.header(b"retry-after")
             return _check(
                 wire.status,
@@ -211,29 +249,21 @@ class RoarkClient:
                 response = client.send(request)
         except httpx.HTTPError as exc:  # no str(exc): it may carry a presigned URL
             raise RoarkHTTPError(None, type(exc).__name__) from None
+        except httpx.InvalidURL:
+            raise RoarkHTTPError(None, "InvalidURL") from None
         return _check(response.status_code, response.text, response.headers.get("retry-after"))
 
     def post_event(self, body: dict[str, Any], *, timeout: float | None = None) -> Reply:
+        url, direct, lines = self._events_url, self._events, self._json_lines
         return self._send(
-            self._api,
-            "POST",
-            self._events_url,
-            timeout,
-            _json(body),
-            self._json_headers,
-            self._json_lines,
+            self._api, "POST", url, direct, timeout, _json(body), self._json_headers, lines
         )
 
     def presign(self, call_id: str, index: int, *, timeout: float | None = None) -> PresignReply:
         request = _json(ChunkUploadRequest(pipecatCallId=call_id, chunkIndex=index).wire())
+        url, direct, lines = self._presign_url, self._presign, self._json_lines
         reply = self._send(
-            self._api,
-            "POST",
-            self._presign_url,
-            timeout,
-            request,
-            self._json_headers,
-            self._json_lines,
+            self._api, "POST", url, direct, timeout, request, self._json_headers, lines
         )
         try:
             return PresignReply.parse_reply(json.loads(reply.text))
@@ -241,12 +271,9 @@ class RoarkClient:
             raise RoarkHTTPError(None, "presign reply without a usable uploadUrl") from None
 
     def put_chunk(self, url: str, pcm: bytes, *, timeout: float | None = None) -> Reply:
-        try:
-            parsed = httpx.URL(url)
-        except httpx.InvalidURL:
-            raise RoarkHTTPError(None, "InvalidURL") from None
+        direct = self._direct(self._bare, url)
         return self._send(
-            self._bare, "PUT", parsed, timeout, pcm, self._pcm_headers, self._pcm_lines
+            self._bare, "PUT", url, direct, timeout, pcm, self._pcm_headers, self._pcm_lines
         )
 
     def close(self) -> None:

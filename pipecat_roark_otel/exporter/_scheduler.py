@@ -62,6 +62,7 @@ class Scheduler:
         self._slow = slow_request
         self._working = 0  # workers between take() and finish()
         self._sending: dict[int, float] = {}  # worker thread -> when its request went out
+        self._standby = False  # a worker waits, timed, for a lane (see take)
 
     # -- any thread ----------------------------------------------------------------------
 
@@ -124,7 +125,7 @@ class Scheduler:
             self._ready.append(key)
             budget -= 1
         if self._ready:
-            self.work_cv.notify(len(self._ready))
+            self.work_cv.notify(min(len(self._ready), self._lanes))
         wake = self._heap[0][0] if self._heap else now + _FAR
         return max(gate_at, wake) if gate == "closed" else wake
 
@@ -138,17 +139,32 @@ class Scheduler:
     # -- workers -------------------------------------------------------------------------
 
     def take(self) -> str | None:
-        """The next ready call, blocking; None once stopping."""
+        """The next ready call, blocking; None once stopping.
+
+        While calls wait for a lane, one worker (the standby) wakes to see whether a
+        request out there has turned slow; the others sleep until woken. Polling from
+        every idle worker cost the GIL a hand-over per worker every ``slow_request``.
+        """
         with self.lock:
             while not self.stopping:
-                if self._ready:
-                    wait = self._lane_free_locked()
-                    if wait is None:
-                        self._working += 1
-                        return self._ready.popleft()
-                    self.work_cv.wait(wait)
-                else:
+                if not self._ready:
                     self.work_cv.wait()
+                    continue
+                wait = self._lane_free_locked()
+                if wait is None:
+                    self._working += 1
+                    key = self._ready.popleft()
+                    if self._ready and not self._standby:
+                        self.work_cv.notify()  # someone must watch for the next lane
+                    return key
+                if self._standby:
+                    self.work_cv.wait()
+                    continue
+                self._standby = True
+                try:
+                    self.work_cv.wait(wait)
+                finally:
+                    self._standby = False
             return None
 
     @contextmanager
@@ -178,9 +194,7 @@ class Scheduler:
 
     def finish(self, key: str, sig: int | None, result: Next, now: float) -> None:
         with self.lock:
-            self._working -= 1
-            if self._ready:
-                self.work_cv.notify()  # its lane is free
+            self._working -= 1  # no wake-up for its lane: this worker takes the next call itself
             self._in_flight.discard(key)
             if sig is None and result.when is None:
                 self._forget_locked(key)  # nothing new for the dispatcher: let it sleep
