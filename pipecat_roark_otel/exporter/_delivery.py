@@ -268,7 +268,11 @@ class Delivery:
                     continue
                 timeout = min(next_rescan - time.monotonic(), wake - now)
                 if timeout > 0:
-                    s.wake.wait(timeout)
+                    s.asleep_until = now + timeout
+                    try:
+                        s.wake.wait(timeout)
+                    finally:
+                        s.asleep_until = None
 
     def _rescan(self) -> None:
         with self._sched.lock:

@@ -63,6 +63,10 @@ class Scheduler:
         self._working = 0  # workers between take() and finish()
         self._sending: dict[int, float] = {}  # worker thread -> when its request went out
         self._standby = False  # a worker waits, timed, for a lane (see take)
+        # While the dispatching thread waits on ``wake``: when it means to look again. None
+        # while it runs: it dispatches before it next waits, so waking it costs a hand-over
+        # of the GIL for nothing.
+        self.asleep_until: float | None = None
 
     # -- any thread ----------------------------------------------------------------------
 
@@ -73,7 +77,8 @@ class Scheduler:
                 self.rescan_asked = True
             else:
                 self.dirty.add(key)
-            self.wake.notify()
+            if self.asleep_until is not None:
+                self.wake.notify()
 
     def notify_all_locked(self) -> None:
         for cv in (self.wake, self.work_cv, self.idle_cv):
@@ -199,7 +204,6 @@ class Scheduler:
             if sig is None and result.when is None:
                 self._forget_locked(key)  # nothing new for the dispatcher: let it sleep
             else:
-                self.wake.notify()
                 self._sigs[key] = sig
                 if result.backoff and result.when is not None:
                     self._backoff_until[key] = result.when
@@ -209,6 +213,8 @@ class Scheduler:
                     result = Next(now, True)
                 when = now + _FAR if result.when is None else result.when
                 self._schedule_locked(key, when, pending=result.pending)
+                if self.asleep_until is not None and when < self.asleep_until:
+                    self.wake.notify()
             self._redo.discard(key)
             self.idle_cv.notify_all()
 
