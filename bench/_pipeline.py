@@ -67,9 +67,9 @@ BENCH_KEY = "rk_bench"
 # spliced after the pass-throughs, the incumbent's setup.
 VARIANTS_PLAIN = ("none", "noop", "noop_first", "incumbent", "ours", "ours_spliced")
 VARIANTS_TRACING = ("tracing", "noop+tracing", "incumbent+tracing", "ours+tracing")
-# Diagnostics: the spliced recorder alone, with a no-op observer, and our observer recording
-# nothing.
-VARIANTS_PARTS = ("recorder", "noop_rec", "ours_norec")
+# Diagnostics: the spliced recorder alone, with a no-op observer, our observer recording
+# nothing, and the spliced setup on Pipecat's own buffers (a track handler attached).
+VARIANTS_PARTS = ("recorder", "noop_rec", "ours_norec", "ours_spliced_pipecat")
 
 
 @dataclass(frozen=True)
@@ -283,6 +283,10 @@ def has_incumbent() -> bool:
     return True
 
 
+async def _ignore(*_args: Any) -> None:
+    return None
+
+
 def make_observer(variant: str) -> tuple[BaseObserver | None, FrameProcessor | None]:
     """(observer, recorder to splice after the pass-throughs) for a variant name."""
     kind = variant.removesuffix("+tracing").removesuffix("_steps")
@@ -307,7 +311,7 @@ def make_observer(variant: str) -> tuple[BaseObserver | None, FrameProcessor | N
         from pipecat_roark_otel.audio import RoarkAudioRecorder
 
         return (BaseObserver() if kind == "noop_rec" else None), RoarkAudioRecorder()
-    if kind in ("ours", "ours_spliced", "ours_norec"):
+    if kind in ("ours", "ours_spliced", "ours_norec", "ours_spliced_pipecat"):
         from pipecat_roark_otel import RoarkObserver
 
         ours = RoarkObserver(
@@ -316,7 +320,9 @@ def make_observer(variant: str) -> tuple[BaseObserver | None, FrameProcessor | N
             record_audio=kind != "ours_norec",
             exporter=otel().exporter,
         )
-        return ours, (ours.audio_processor if kind == "ours_spliced" else None)
+        if kind == "ours_spliced_pipecat":
+            ours.audio_processor.add_event_handler("on_track_audio_data", _ignore)
+        return ours, (ours.audio_processor if kind.startswith("ours_spliced") else None)
     raise ValueError(f"unknown variant {variant!r}")
 
 

@@ -154,7 +154,12 @@ class RoarkObserver(BaseObserver):
 
         self._redact = redact
         self._capture = CallCapture()
-        if audio_buffer_processor is None:
+        # Capture rule 13: our recorders keep timelines; another recorder's sample 0 is
+        # anchored at the first audio frame it keeps.
+        self._anchored = audio_buffer_processor is not None and not isinstance(
+            audio_buffer_processor, RoarkAudioRecorder
+        )
+        if not self._anchored:
             self._capture.position_ms = self._recording_position
         self._record: CallWriter | None = None
         self._pending: list[Record] = []
@@ -302,7 +307,7 @@ class RoarkObserver(BaseObserver):
         bot_audio: Handler | None = None
         if self._hop_free:
             user_audio, bot_audio = self._on_user_audio, self._on_bot_audio
-        elif self._user_processor is not None and self._capture.anchor_ns is None:
+        elif self._anchored and self._capture.anchor_ns is None:
             user_audio = bot_audio = self._on_audio
         table: list[tuple[type | tuple[type, ...], Handler | None]] = [
             (InputAudioRawFrame, user_audio),
@@ -336,7 +341,7 @@ class RoarkObserver(BaseObserver):
     def _process_handler_for(self, cls: type) -> Handler | None:
         """A processor handling a frame: the frames that passed the output transport."""
         audio: Handler | None = None
-        if self._user_processor is not None and self._capture.anchor_ns is None:
+        if self._anchored and self._capture.anchor_ns is None:
             audio = self._on_audio
         table: list[tuple[type | tuple[type, ...], Handler | None]] = [
             ((InputAudioRawFrame, OutputAudioRawFrame), audio),
@@ -359,8 +364,9 @@ class RoarkObserver(BaseObserver):
         """(user, bot) timelines of whichever of our recorders records this call."""
         if self._hop_free:
             return self.recording.user_timeline, self.recording.bot_timeline
-        if self._companion is not None and self._companion.spliced:
-            return self._companion.user_timeline, self._companion.bot_timeline
+        ours = self._companion or self._user_processor
+        if isinstance(ours, RoarkAudioRecorder) and ours.spliced:
+            return ours.user_timeline, ours.bot_timeline
         return None
 
     def _recording_position(self, unix_ns: int, track: Role) -> float | None:

@@ -519,8 +519,10 @@ def _channel(role: str) -> int:
 async def _real_time_call(
     exporter: RoarkSpanExporter, roark: LocalRoark, mode: str
 ) -> tuple[list[dict[str, Any]], Wav]:
-    observer = RoarkObserver(agent_id="a")
-    recorded = await run_call(observer, mode=mode, script=REAL_TIME)
+    """``given``: a ``RoarkAudioRecorder`` of the user's, passed as ``audio_buffer_processor``."""
+    given = RoarkAudioRecorder() if mode == "given" else None
+    observer = RoarkObserver(agent_id="a", audio_buffer_processor=given)
+    recorded = await run_call(observer, mode="spliced" if given else mode, script=REAL_TIME)
     got = deliver(exporter, roark, observer, recorded)
     got.assert_byte_exact()
     turns = got.ended["transcript"]
@@ -528,6 +530,7 @@ async def _real_time_call(
     return turns, got.wav
 
 
+@pytest.mark.parametrize("mode", [*MODES, "given"])
 async def test_turn_windows_hold_the_speakers_audio(
     mode: str, exporter: RoarkSpanExporter, roark: LocalRoark, otel: Otel
 ) -> None:
@@ -538,6 +541,7 @@ async def test_turn_windows_hold_the_speakers_audio(
         assert wav.voiced_ms(_channel(turn["role"]), start - TOLERANCE_MS, end + TOLERANCE_MS)
 
 
+@pytest.mark.parametrize("mode", [*MODES, "given"])
 async def test_turn_offsets_line_up_with_the_wav(
     mode: str, exporter: RoarkSpanExporter, roark: LocalRoark, otel: Otel
 ) -> None:
