@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -141,12 +142,25 @@ def event(n: int) -> dict[str, object]:
     return {"event": "call-started", "pipecatCallId": f"call-{n}"}
 
 
+def serve(
+    servers: list[TinyServer], tmp_path: Path, *args: Any, **kwargs: Any
+) -> tuple[TinyServer, RoarkClient]:
+    server = TinyServer(*args, **kwargs)
+    servers.append(server)
+    return server, client(server.url, tmp_path)
+
+
+def failure(c: RoarkClient, n: int = 1) -> tuple[int | None, str]:
+    """The status and message of the error that posting event ``n`` raises."""
+    with pytest.raises(RoarkHTTPError) as err:
+        c.post_event(event(n))
+    return err.value.status, err.value.message
+
+
 def test_requests_share_one_kept_alive_connection(
     tmp_path: Path, servers: list[TinyServer]
 ) -> None:
-    server = TinyServer()
-    servers.append(server)
-    c = client(server.url, tmp_path)
+    server, c = serve(servers, tmp_path)
     for n in range(20):
         assert c.post_event(event(n)).status == 200
     c.close()
@@ -159,9 +173,7 @@ def test_requests_share_one_kept_alive_connection(
 def test_a_connection_the_server_closed_while_idle_is_not_reused(
     tmp_path: Path, servers: list[TinyServer]
 ) -> None:
-    server = TinyServer("drop")
-    servers.append(server)
-    c = client(server.url, tmp_path)
+    server, c = serve(servers, tmp_path, "drop")
     for n in range(5):
         assert c.post_event(event(n)).status == 200
         wait_until(lambda n=n: server.closed == n + 1, what="the server closed the connection")
@@ -173,9 +185,7 @@ def test_a_connection_the_server_closed_while_idle_is_not_reused(
 def test_a_silent_server_times_out_as_a_network_error(
     tmp_path: Path, servers: list[TinyServer]
 ) -> None:
-    server = TinyServer("silent")
-    servers.append(server)
-    c = client(server.url, tmp_path)
+    _, c = serve(servers, tmp_path, "silent")
     t0 = time.monotonic()
     with pytest.raises(RoarkHTTPError) as err:
         c.post_event(event(1), timeout=0.3)
@@ -189,9 +199,7 @@ def test_a_refused_connection_is_a_connect_error(tmp_path: Path) -> None:
     with socket.create_server(("127.0.0.1", 0)) as s:
         port = s.getsockname()[1]
     c = client(f"http://127.0.0.1:{port}", tmp_path)
-    with pytest.raises(RoarkHTTPError) as err:
-        c.post_event(event(1))
-    assert (err.value.status, err.value.message) == (None, "ConnectError")
+    assert failure(c, 1) == (None, "ConnectError")
     c.close()
 
 
@@ -281,9 +289,7 @@ def test_a_chunked_reply_is_read_whole_and_the_connection_kept(
         b"7;ext=1\r\n" + PRESIGNED[:7] + b"\r\n"
         b"%x\r\n" % (len(PRESIGNED) - 7) + PRESIGNED[7:] + b"\r\n0\r\nx-trailer: 1\r\n\r\n"
     )
-    server = TinyServer(script=[(chunked, False)])
-    servers.append(server)
-    c = client(server.url, tmp_path)
+    server, c = serve(servers, tmp_path, script=[(chunked, False)])
     assert c.presign("call-1", 0).uploadUrl == "http://127.0.0.1:1/put?X-Sig=abc"
     assert c.post_event(event(1)).text == '{"ok":true}'
     c.close()
@@ -294,9 +300,7 @@ def test_a_chunked_reply_is_read_whole_and_the_connection_kept(
 
 
 def test_an_interim_reply_is_skipped(tmp_path: Path, servers: list[TinyServer]) -> None:
-    server = TinyServer(script=[(b"HTTP/1.1 100 Continue\r\n\r\n" + OK, False)])
-    servers.append(server)
-    c = client(server.url, tmp_path)
+    server, c = serve(servers, tmp_path, script=[(b"HTTP/1.1 100 Continue\r\n\r\n" + OK, False)])
     assert c.post_event(event(1)).text == '{"ok":true}'
     assert c.post_event(event(2)).status == 200
     c.close()
@@ -308,9 +312,7 @@ def test_connection_close_and_a_reply_read_to_the_close(
 ) -> None:
     closing = b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nhi"
     to_close = b"HTTP/1.0 202 Accepted\r\ncontent-type: text/plain\r\n\r\nread to the end"
-    server = TinyServer(script=[(closing, False), (to_close, True)])
-    servers.append(server)
-    c = client(server.url, tmp_path)
+    server, c = serve(servers, tmp_path, script=[(closing, False), (to_close, True)])
     assert c.post_event(event(1)).text == "hi"
     reply = c.post_event(event(2))
     assert (reply.status, reply.text) == (202, "read to the end")
@@ -325,9 +327,7 @@ def test_a_kept_alive_connection_closed_under_a_request_is_retried_once_fresh(
 ) -> None:
     # The second request meets its (reused) connection closed with no reply: the race with
     # a server dropping an idle connection. It goes again, once, on a new connection.
-    server = TinyServer(script=[(OK, False), (b"", True)])
-    servers.append(server)
-    c = client(server.url, tmp_path)
+    server, c = serve(servers, tmp_path, script=[(OK, False), (b"", True)])
     assert c.post_event(event(1)).status == 200
     assert c.post_event(event(2)).status == 200
     c.close()
@@ -338,12 +338,8 @@ def test_a_kept_alive_connection_closed_under_a_request_is_retried_once_fresh(
 def test_a_fresh_connection_closed_without_a_reply_is_not_retried(
     tmp_path: Path, servers: list[TinyServer]
 ) -> None:
-    server = TinyServer(script=[(b"", True)])
-    servers.append(server)
-    c = client(server.url, tmp_path)
-    with pytest.raises(RoarkHTTPError) as err:
-        c.post_event(event(1))
-    assert (err.value.status, err.value.message) == (None, "RemoteProtocolError")
+    server, c = serve(servers, tmp_path, script=[(b"", True)])
+    assert failure(c, 1) == (None, "RemoteProtocolError")
     c.close()
     assert len(server.requests) == 1
 
@@ -359,13 +355,12 @@ def test_a_fresh_connection_closed_without_a_reply_is_not_retried(
 def test_a_reply_cut_off_midway_is_a_network_error_never_retried(
     tmp_path: Path, servers: list[TinyServer], cut: bytes
 ) -> None:
-    server = TinyServer(script=[(OK, False), (cut, True)])
-    servers.append(server)
-    c = client(server.url, tmp_path)
+    server, c = serve(servers, tmp_path, script=[(OK, False), (cut, True)])
     assert c.post_event(event(1)).status == 200
-    with pytest.raises(RoarkHTTPError) as err:
-        c.post_event(event(2))  # on the reused connection: a reply began, so no second try
-    assert (err.value.status, err.value.message) == (None, "RemoteProtocolError")
+    assert failure(c, 2) == (
+        None,
+        "RemoteProtocolError",
+    )  # on the reused connection: a reply began, so no second try
     c.close()
     assert len(server.requests) == 2
 
@@ -377,12 +372,8 @@ def test_a_reply_cut_off_midway_is_a_network_error_never_retried(
 def test_a_malformed_reply_is_a_protocol_error(
     tmp_path: Path, servers: list[TinyServer], garbage: bytes
 ) -> None:
-    server = TinyServer(script=[(garbage, True)])
-    servers.append(server)
-    c = client(server.url, tmp_path)
-    with pytest.raises(RoarkHTTPError) as err:
-        c.post_event(event(1))
-    assert (err.value.status, err.value.message) == (None, "RemoteProtocolError")
+    _, c = serve(servers, tmp_path, script=[(garbage, True)])
+    assert failure(c, 1) == (None, "RemoteProtocolError")
     c.close()
 
 
@@ -394,9 +385,7 @@ def test_an_error_reply_keeps_status_reason_and_retry_after(
         len(reason),
         reason,
     )
-    server = TinyServer(script=[(reply, False)])
-    servers.append(server)
-    c = client(server.url, tmp_path)
+    server, c = serve(servers, tmp_path, script=[(reply, False)])
     with pytest.raises(RoarkHTTPError) as err:
         c.post_event(event(1))
     assert (err.value.status, err.value.message, err.value.retry_after) == (503, "x" * 300, "7")
@@ -408,9 +397,7 @@ def test_an_error_reply_keeps_status_reason_and_retry_after(
 def test_a_presigned_put_is_sent_byte_exact_with_no_key(
     tmp_path: Path, servers: list[TinyServer]
 ) -> None:
-    server = TinyServer()
-    servers.append(server)
-    c = client(server.url, tmp_path)
+    server, c = serve(servers, tmp_path)
     pcm = bytes(range(256)) * 1024  # 256 KiB, a chunk's size
     assert c.put_chunk(f"{server.url}/bucket/a%2Fb.pcm?X-Sig=a%2Bb&e=1", pcm).status == 200
     c.close()
@@ -443,9 +430,7 @@ def test_no_proxy_sends_direct_even_with_a_proxy_set(
 def test_a_presigned_url_goes_out_as_httpx_would_send_it(
     tmp_path: Path, servers: list[TinyServer], path: str, sent: bytes
 ) -> None:
-    server = TinyServer()
-    servers.append(server)
-    c = client(server.url, tmp_path)
+    server, c = serve(servers, tmp_path)
     assert c.put_chunk(server.url + path, b"pcm").status == 200
     c.close()
     assert server.requests == [b"PUT " + sent + b" HTTP/1.1"]
