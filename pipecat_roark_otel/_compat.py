@@ -14,7 +14,7 @@ from opentelemetry.sdk.trace import SpanLimits
 from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
 from opentelemetry.sdk.trace.export import SpanExporter
 from opentelemetry.util.types import AttributeValue
-from pipecat.frames.frames import StartFrame
+from pipecat.frames.frames import CancelFrame, EndFrame, Frame, StartFrame
 from pipecat.observers.base_observer import BaseObserver
 from pipecat.processors.audio.audio_buffer_processor import AudioBufferProcessor
 from pipecat.processors.frame_processor import FrameProcessor
@@ -60,6 +60,20 @@ def first_pushes_only() -> dict[str, bool]:
     if "observe_every_push" in inspect.signature(BaseObserver.__init__).parameters:
         return {"observe_every_push": False}
     return {}
+
+
+def end_reason(frame: Frame) -> str:
+    """The reason an ``EndFrame``/``CancelFrame`` carries where this Pipecat has one."""
+    if isinstance(frame, (EndFrame, CancelFrame)):
+        reason = getattr(frame, "reason", None)
+        return str(reason) if reason else "agent-ended"
+    return "unknown"
+
+
+def vad_secs_ns(frame: Frame, name: str) -> int:
+    """A VAD frame's ``start_secs``/``stop_secs`` in ns; 0 where this Pipecat lacks it."""
+    value = getattr(frame, name, 0.0)
+    return int(value * 1e9) if isinstance(value, (int, float)) and value > 0 else 0
 
 
 def is_input_transport(processor: object) -> bool:

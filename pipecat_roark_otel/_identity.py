@@ -5,6 +5,8 @@ from __future__ import annotations
 import uuid
 from collections.abc import Mapping
 
+from ._errors import logger, should_log
+
 
 def _read(value: object, key: str) -> object:
     if value is None:
@@ -33,3 +35,32 @@ def initial_call_id(explicit: str | None, runner_args: object) -> tuple[str, boo
         # Runner ids rank below an id given to the task.
         return from_runner, False
     return str(uuid.uuid4()), False
+
+
+def synced_call_id(call_id: str, explicit: bool, task_id: str | None) -> str:
+    """At processor setup: the id given to ``PipelineTask`` wins unless ours was explicit."""
+    if task_id and not explicit:
+        return task_id
+    if task_id and task_id != call_id:
+        logger.warning(
+            "RoarkObserver and PipelineTask were given different conversation ids; "
+            "using the observer's (%s)",
+            call_id,
+        )
+    return call_id
+
+
+def followed_call_id(call_id: str, explicit: bool, pipecat_id: str | None) -> str:
+    """Pipecat's span has its own id (we could not set ours): take it, or report the mismatch."""
+    if pipecat_id is None or pipecat_id == call_id:
+        return call_id
+    if not explicit:
+        return pipecat_id
+    if should_log("id_mismatch"):
+        logger.warning(
+            "Pipecat's conversation span has conversation.id %s but the call id is %s: "
+            "pass the same id to PipelineTask(conversation_id=...) on this Pipecat version",
+            pipecat_id,
+            call_id,
+        )
+    return call_id

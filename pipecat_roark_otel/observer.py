@@ -35,19 +35,18 @@ from pipecat.frames.frames import (
 from pipecat.metrics.metrics import LLMUsageMetricsData, TTFBMetricsData
 from pipecat.observers.base_observer import BaseObserver, FrameProcessed, FramePushed
 from pipecat.processors.audio.audio_buffer_processor import AudioBufferProcessor
-from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
+from pipecat.processors.frame_processor import FrameDirection
 from pipecat.utils.asyncio.task_manager import BaseTaskManager
 
 from . import _attributes, _compat, _errors, _roark_path
 from . import semconv as sc
 from ._capture import CallCapture, Record, Redactor, Role, iso_from_ns, redacted
-from ._identity import initial_call_id
+from ._identity import followed_call_id, initial_call_id, synced_call_id
 from ._record import CallIdentity
 from ._roark_path import CallWriter
-from .audio._chunks import ChunkSink, ChunkTarget, TraceBoundTarget
-from .audio._processor import RoarkAudioRecorder
+from .audio._chunks import ChunkTarget, TraceBoundTarget
 from .audio._recorder import ObservedRecorder
-from .audio._timeline import RecordingTimeline
+from .audio._source import AudioSource
 from .config import RoarkSettings, resolve_settings
 from .exporter._exporter import RoarkSpanExporter
 
@@ -55,22 +54,8 @@ if TYPE_CHECKING:
     # Pipecat >= 1.10 only; older releases never call on_processor_setup.
     from pipecat.observers.base_observer import ProcessorSetUp
 
-# Capture rule 14: how long call-ended waits for the recording's last handlers.
-AUDIO_HANDLER_TIMEOUT_S = 10.0
-
 Event = FramePushed | FrameProcessed
 Handler = Callable[[Any], Awaitable[None] | None]
-
-
-def _secs_ns(value: object) -> int:
-    return int(value * 1e9) if isinstance(value, (int, float)) and value > 0 else 0
-
-
-def _end_reason(frame: Frame) -> str:
-    if isinstance(frame, (EndFrame, CancelFrame)):
-        reason = getattr(frame, "reason", None)
-        return str(reason) if reason else "agent-ended"
-    return "unknown"
 
 
 class RoarkObserver(BaseObserver):
@@ -138,28 +123,11 @@ class RoarkObserver(BaseObserver):
         self._identity_synced = False
         self._agent = (agent_id, agent_name, agent_prompt)
         self._tracer_provider = tracer_provider
-        self._chunks = ChunkSink()
-        # The recording: from observed frames unless a processor of ours or the user's
-        # records (decided at the StartFrame); never both.
-        self._record_audio = record_audio
-        self._user_processor = audio_buffer_processor
-        self._companion: RoarkAudioRecorder | None = None
-        if audio_buffer_processor is not None:
-            audio_buffer_processor.add_event_handler("on_audio_data", self._chunks.on_audio_data)
-        self.recording = ObservedRecorder()
-        self.recording.add_buffer_listener(self._chunks.add)
-        self._hop_free: bool | None = None
-        self._user_source: FrameProcessor | None = None
-        self._bot_source: FrameProcessor | None = None
-
+        self._audio = AudioSource(record_audio=record_audio, user_processor=audio_buffer_processor)
+        self._chunks = self._audio.chunks
         self._redact = redact
         self._capture = CallCapture()
-        # Capture rule 13: our recorders keep timelines; another recorder's sample 0 is
-        # anchored at the first audio frame it keeps.
-        self._anchored = audio_buffer_processor is not None and not isinstance(
-            audio_buffer_processor, RoarkAudioRecorder
-        )
-        if not self._anchored:
+        if not self._audio.anchored:
             self._capture.position_ms = self._recording_position
         self._record: CallWriter | None = None
         self._pending: list[Record] = []
@@ -202,12 +170,12 @@ class RoarkObserver(BaseObserver):
         Not needed: by default the call is recorded from the frames the observer sees.
         Once spliced, it records instead (the ``audio_buffer_processor`` if one was given).
         """
-        if self._user_processor is not None:
-            return self._user_processor
-        if self._companion is None:
-            self._companion = RoarkAudioRecorder()
-            self._companion.add_event_handler("on_audio_data", self._chunks.on_audio_data)
-        return self._companion
+        return self._audio.processor
+
+    @property
+    def recording(self) -> ObservedRecorder:
+        """The hop-free recorder: ``add_listener(fn)`` gets each chunk it hands out."""
+        return self._audio.recorder
 
     @property
     def trace_id(self) -> str | None:
@@ -240,10 +208,7 @@ class RoarkObserver(BaseObserver):
     async def setup(self, task_manager: BaseTaskManager) -> None:
         await super().setup(task_manager)
         with _errors.guard("setup"):
-            # Capture rule 12: a user's recorder is armed only if it is not already.
-            user = self._user_processor
-            if user is not None and not _compat.is_recording(user):
-                await _compat.start_recording(user)
+            await self._audio.arm_user_processor()
 
     async def cleanup(self) -> None:
         """Pipecat drops an observer's unprocessed queue when the pipeline finishes.
@@ -305,9 +270,9 @@ class RoarkObserver(BaseObserver):
     def _handler_for(self, cls: type) -> Handler | None:
         user_audio: Handler | None = None
         bot_audio: Handler | None = None
-        if self._hop_free:
-            user_audio, bot_audio = self._on_user_audio, self._on_bot_audio
-        elif self._anchored and self._capture.anchor_ns is None:
+        if self._audio.hop_free:
+            user_audio, bot_audio = self._audio.on_user_audio, self._audio.on_bot_audio
+        elif self._audio.anchored and self._capture.anchor_ns is None:
             user_audio = bot_audio = self._on_audio
         table: list[tuple[type | tuple[type, ...], Handler | None]] = [
             (InputAudioRawFrame, user_audio),
@@ -341,7 +306,7 @@ class RoarkObserver(BaseObserver):
     def _process_handler_for(self, cls: type) -> Handler | None:
         """A processor handling a frame: the frames that passed the output transport."""
         audio: Handler | None = None
-        if self._anchored and self._capture.anchor_ns is None:
+        if self._audio.anchored and self._capture.anchor_ns is None:
             audio = self._on_audio
         table: list[tuple[type | tuple[type, ...], Handler | None]] = [
             ((InputAudioRawFrame, OutputAudioRawFrame), audio),
@@ -360,76 +325,14 @@ class RoarkObserver(BaseObserver):
             return int(data.timestamp) + self._clock_offset
         return time.time_ns()
 
-    def _timelines(self) -> tuple[RecordingTimeline, RecordingTimeline] | None:
-        """(user, bot) timelines of whichever of our recorders records this call."""
-        if self._hop_free:
-            return self.recording.user_timeline, self.recording.bot_timeline
-        ours = self._companion or self._user_processor
-        if isinstance(ours, RoarkAudioRecorder) and ours.spliced:
-            return ours.user_timeline, ours.bot_timeline
-        return None
-
     def _recording_position(self, unix_ns: int, track: Role) -> float | None:
-        timelines = self._timelines()
-        if self._clock_offset is None or timelines is None:
+        if self._clock_offset is None:
             return None
-        clock_ns = unix_ns - self._clock_offset
-        user, bot = timelines
-        own, other = (user, bot) if track == "user" else (bot, user)
-        position = own.position_ms(clock_ns)
-        return position if position is not None else other.position_ms(clock_ns)
-
-    def _start_recording(self, frame: Frame) -> None:
-        """At the first StartFrame every processor is set up: is a recorder of ours spliced?"""
-        spliced = self._companion is not None and self._companion.spliced
-        self._hop_free = (
-            self._record_audio
-            and self._user_processor is None
-            and not spliced
-            and isinstance(frame, StartFrame)
-        )
-        if self._hop_free:
-            assert isinstance(frame, StartFrame)
-            self.recording.start(_compat.output_sample_rate(frame))
-        self._dispatch.clear()
-        self._processed.clear()
-
-    def _on_user_audio(self, data: FramePushed) -> None:
-        # Capture rule 1 for audio: taken once, where it leaves the input transport.
-        source = data.source
-        if source is not self._user_source:
-            if self._user_source is not None or data.direction is not FrameDirection.DOWNSTREAM:
-                return
-            # No input transport: the processor that makes the user's audio.
-            self._user_source = source
-        f: Any = data.frame
-        self.recording.user_audio(f.audio, f.sample_rate, f.num_channels, data.timestamp)
-
-    def _on_bot_audio(self, data: FramePushed) -> None:
-        # Capture rule 7 for audio: what leaves the output transport is what played.
-        source = data.source
-        if source is not self._bot_source:
-            if self._bot_source is not None:
-                return
-            if _compat.is_output_transport(data.destination):
-                self._bot_source = data.destination
-                return
-            # No output transport: the processor that makes the bot's audio.
-            self._bot_source = source
-        f: Any = data.frame
-        self.recording.bot_audio(f.audio, f.sample_rate, f.num_channels, data.timestamp)
+        return self._audio.position_ms(unix_ns - self._clock_offset, track)
 
     def _on_audio(self, data: Event) -> None:
         # Capture rule 13, for a user's recorder: sample 0 is the first audio frame it keeps.
-        user = self._user_processor
-        receiver = data.processor if isinstance(data, FrameProcessed) else data.destination
-        if (
-            user is not None
-            and self._capture.anchor_ns is None
-            and receiver is user
-            and getattr(data.frame, "audio", None)
-            and _compat.is_recording(user)
-        ):
+        if self._capture.anchor_ns is None and self._audio.kept_by_user_processor(data):
             self._capture.anchor_ns = self._now(data)
             # Anchored: audio frames need nothing more from us.
             for table in (self._dispatch, self._processed):
@@ -446,31 +349,21 @@ class RoarkObserver(BaseObserver):
             self._tracing = _compat.PipecatTracing(
                 context=_compat.start_frame_tracing_context(data.frame)
             )
-        if self._hop_free is None:
-            self._start_recording(data.frame)
+        if self._audio.hop_free is None:
+            self._audio.start(data.frame)
+            # Audio frames are dispatched by what was just decided.
+            self._dispatch.clear()
+            self._processed.clear()
         if _compat.is_output_transport(data.source):
             self._capture.has_output_transport = True
-        if self._bot_source is None:
-            for processor in (data.source, data.destination):
-                if _compat.is_output_transport(processor):
-                    self._bot_source = processor
-        if self._user_source is None and _compat.is_input_transport(data.source):
-            self._user_source = data.source
-        user = self._user_processor
-        if user is not None and not _compat.is_recording(user):
-            # Pipecat without observer setup(): arm the user's recorder as early as we can.
-            return _compat.start_recording(user)
-        return None
+        self._audio.see_start(data)
+        # Pipecat without observer setup(): arm the user's recorder as early as we can.
+        return self._audio.arm_user_processor()
 
     def _on_start_processed(self, data: FrameProcessed) -> None:
-        # With first pushes only, the transports show up as processors of the StartFrame.
-        processor = data.processor
-        if _compat.is_output_transport(processor):
+        if _compat.is_output_transport(data.processor):
             self._capture.has_output_transport = True
-            if self._bot_source is None:
-                self._bot_source = processor
-        elif self._user_source is None and _compat.is_input_transport(processor):
-            self._user_source = processor
+        self._audio.see_start_processed(data)
 
     @staticmethod
     def _past_output_transport(data: FrameProcessed) -> bool:
@@ -494,7 +387,7 @@ class RoarkObserver(BaseObserver):
     def _on_end_processed(self, data: FrameProcessed) -> Awaitable[None] | None:
         # Capture rule 17: the call ends once the frame has played out.
         if self._past_output_transport(data) and self._first_sighting(data.frame):
-            return self._end(_end_reason(data.frame), self._now(data))
+            return self._end(_compat.end_reason(data.frame), self._now(data))
         return None
 
     def _on_tts_text(self, data: FramePushed) -> None:
@@ -556,20 +449,20 @@ class RoarkObserver(BaseObserver):
                 language=getattr(frame, "language", None),
             )
         elif isinstance(frame, UserStartedSpeakingFrame):
-            self.recording.user_speaking(True)
+            self._audio.recorder.user_speaking(True)
             records = cap.user_started(now)
         elif isinstance(frame, UserStoppedSpeakingFrame):
-            self.recording.user_speaking(False)
+            self._audio.recorder.user_speaking(False)
             cap.user_stopped(now)
         elif isinstance(frame, VADUserStartedSpeakingFrame):
-            cap.speech_started(now, _secs_ns(getattr(frame, "start_secs", 0.0)))
+            cap.speech_started(now, _compat.vad_secs_ns(frame, "start_secs"))
         elif isinstance(frame, VADUserStoppedSpeakingFrame):
-            cap.speech_stopped(now, _secs_ns(getattr(frame, "stop_secs", 0.0)))
+            cap.speech_stopped(now, _compat.vad_secs_ns(frame, "stop_secs"))
         elif isinstance(frame, BotStartedSpeakingFrame):
-            self.recording.bot_speaking(True)
+            self._audio.recorder.bot_speaking(True)
             records = cap.bot_started(now)
         elif isinstance(frame, BotStoppedSpeakingFrame):
-            self.recording.bot_speaking(False)
+            self._audio.recorder.bot_speaking(False)
             records = cap.bot_stopped(now)
         elif isinstance(frame, InterruptionFrame):
             records = cap.bot_stopped(now, interrupted=True)
@@ -597,7 +490,7 @@ class RoarkObserver(BaseObserver):
             return None
         if not self._first_sighting(frame):
             return None
-        return self._end(_end_reason(frame), self._now(data))
+        return self._end(_compat.end_reason(frame), self._now(data))
 
     # -- the record -----------------------------------------------------------
 
@@ -629,31 +522,10 @@ class RoarkObserver(BaseObserver):
         self._identity_synced = True
         self._tracing = _compat.PipecatTracing(worker)
         self._tracing.add_conversation_attributes(self._custom)
-        task_id = self._tracing.task_conversation_id()
-        if task_id and not self._id_is_explicit:
-            self._conversation_id = task_id
-        elif task_id and task_id != self._conversation_id:
-            _errors.logger.warning(
-                "RoarkObserver and PipelineTask were given different conversation ids; "
-                "using the observer's (%s)",
-                self._conversation_id,
-            )
-        self._conversation_id = self._tracing.adopt_conversation_id(self._conversation_id)
-
-    def _follow_pipecat_id(self) -> None:
-        """Where we could not give Pipecat our id (older Pipecat), take or report its id."""
-        pipecat_id = self._tracing.pipecat_conversation_id()
-        if pipecat_id is None or pipecat_id == self._conversation_id:
-            return
-        if not self._id_is_explicit:
-            self._conversation_id = pipecat_id
-        elif _errors.should_log("id_mismatch"):
-            _errors.logger.warning(
-                "Pipecat's conversation span has conversation.id %s but the call id is %s: "
-                "pass the same id to PipelineTask(conversation_id=...) on this Pipecat version",
-                pipecat_id,
-                self._conversation_id,
-            )
+        call_id = synced_call_id(
+            self._conversation_id, self._id_is_explicit, self._tracing.task_conversation_id()
+        )
+        self._conversation_id = self._tracing.adopt_conversation_id(call_id)
 
     async def _open(self, *, started: bool) -> None:
         if self._record is not None:
@@ -666,7 +538,10 @@ class RoarkObserver(BaseObserver):
         parent = await self._tracing.wait_for_conversation_context() if started else None
         if parent is None:
             parent = self._tracing.conversation_context()
-        self._follow_pipecat_id()
+        # Where we could not give Pipecat our id (older Pipecat): take or report its id.
+        self._conversation_id = followed_call_id(
+            self._conversation_id, self._id_is_explicit, self._tracing.pipecat_conversation_id()
+        )
         start_ns = time.time_ns()
         agent_id, agent_name, agent_prompt = self._agent
         self._record = _roark_path.open_call(
@@ -698,21 +573,15 @@ class RoarkObserver(BaseObserver):
         with _errors.guard("call end"):
             self._emit(self._capture.flush_all(now_ns))
             await self._open(started=False)
-            await self._close_recording()
+            await self._audio.close(self._conversation_id)
             assert self._record is not None
             attrs: dict[str, AttributeValue] = {
                 sc.CALL_ENDED_REASON: reason,
                 sc.CALL_ENDED_AT: iso_from_ns(time.time_ns()),
-                sc.RECORDING_CHUNKS: self._chunks.chunks,
-                sc.RECORDING_BYTES: self._chunks.bytes,
-                sc.RECORDING_UPLOAD_FAILURES: self._chunks.failures,
+                **self._audio.recording_attributes(),
             }
             if self._capture.first_speaker is not None:
                 attrs[sc.CALL_AGENT_SPOKE_FIRST] = self._capture.first_speaker == "assistant"
-            if self._chunks.sample_rate is not None:
-                attrs[sc.RECORDING_SAMPLE_RATE] = self._chunks.sample_rate
-            if self._chunks.num_channels is not None:
-                attrs[sc.RECORDING_CHANNELS] = self._chunks.num_channels
             if self._record.turns == 0 and _errors.should_log(f"empty:{self._conversation_id}"):
                 _errors.logger.warning(
                     "call %s ended with an empty transcript: no TranscriptionFrame or "
@@ -721,20 +590,3 @@ class RoarkObserver(BaseObserver):
                 )
             self._record.close(attrs, end_ns=time.time_ns())
             await self._record.flush()
-
-    async def _close_recording(self) -> None:
-        """Capture rule 14: the tail reaches the outbox before the call span ends."""
-        self.recording.stop()
-        processor = self._user_processor or self._companion
-        if processor is None:
-            self._chunks.close()
-            return
-        if _compat.is_recording(processor):
-            await _compat.stop_recording(processor)
-        if not await _compat.wait_for_audio_handlers(processor, AUDIO_HANDLER_TIMEOUT_S):
-            _errors.logger.warning(
-                "on_audio_data handlers still running after %.0fs; ending call %s without them",
-                AUDIO_HANDLER_TIMEOUT_S,
-                self._conversation_id,
-            )
-        self._chunks.close()

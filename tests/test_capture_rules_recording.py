@@ -14,7 +14,7 @@ from pipecat.processors.audio.audio_buffer_processor import AudioBufferProcessor
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 
 from pipecat_roark_otel import RoarkObserver, _compat
-from pipecat_roark_otel import observer as observer_module
+from pipecat_roark_otel.audio import _source as audio_source
 from pipecat_roark_otel.devserver import LocalRoark
 from pipecat_roark_otel.exporter import RoarkSpanExporter
 from pipecat_roark_otel.simulation import (
@@ -167,7 +167,7 @@ async def test_rule_14_the_tail_chunk_is_uploaded_before_call_ended(
 
 @pytest.fixture
 def short_handler_timeout(monkeypatch: pytest.MonkeyPatch) -> float:
-    monkeypatch.setattr(observer_module, "AUDIO_HANDLER_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(audio_source, "AUDIO_HANDLER_TIMEOUT_S", 0.5)
     return 0.5
 
 
