@@ -4,9 +4,10 @@ Delivery sends a few requests per call from threads sharing one GIL, and against
 receiver it is CPU work: ``httpx.Client`` around ``http.client`` (its header parsing goes
 through the ``email`` package) was more than half of it. This client writes each request
 with one ``sendall`` and parses the reply itself: status line, headers, a body by
-Content-Length, chunked or up to the close. Connections are pooled per origin; one the
-server closed while idle is dropped before use, and a request that meets a reused
-connection closed under it (no reply byte yet) is sent once more on a fresh one.
+Content-Length, chunked or up to the close. Connections are pooled per origin; one idle
+for a while is dropped if the server closed it, and a request that meets a reused
+connection closed under it (no reply byte yet) is sent once more on a fresh one. Per
+request: one send, the reads, and no other system call (each lets the GIL go).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import select
 import socket
 import ssl
 import threading
+import time
 import zlib
 from dataclasses import dataclass
 from typing import Final, Literal
@@ -22,6 +24,7 @@ from typing import Final, Literal
 import httpx
 
 _MAX_IDLE: Final = 16  # per origin; delivery runs a handful of workers
+_LOOK_AFTER: Final = 0.25  # seconds idle before a pooled connection is checked for a close
 _MAX_HEAD: Final = 64 * 1024
 _MAX_BODY: Final = 16 * 1024 * 1024  # replies are small JSON; anything larger is not Roark
 _RECV: Final = 65536
@@ -196,6 +199,12 @@ def _chunked(reader: _Reader) -> bytes:
             raise TransportFailure("RemoteProtocolError")
 
 
+def _timeout(sock: socket.socket, value: float | None) -> None:
+    # settimeout() is a system call (FIONBIO) each time, and lets the GIL go: only on change.
+    if sock.gettimeout() != value:
+        sock.settimeout(value)
+
+
 def _failure(exc: BaseException, phase: str) -> FailureKind:
     if isinstance(exc, TimeoutError):  # socket.timeout is TimeoutError
         return "WriteTimeout" if phase == "write" else "ReadTimeout"
@@ -218,7 +227,7 @@ class Http11:
     def __init__(self, ssl_context: ssl.SSLContext) -> None:
         self._ssl = ssl_context
         self._lock = threading.Lock()  # guards _idle and _closed
-        self._idle: dict[Origin, list[socket.socket]] = {}
+        self._idle: dict[Origin, list[tuple[socket.socket, float]]] = {}  # with when parked
         self._closed = False
 
     def request(self, origin: Origin, head: bytes, body: bytes, timeouts: Timeouts) -> WireReply:
@@ -230,9 +239,9 @@ class Http11:
         while True:
             reader, phase = _Reader(sock), "write"
             try:
-                sock.settimeout(write)
+                _timeout(sock, write)
                 sock.sendall(message)
-                sock.settimeout(read)
+                _timeout(sock, read)
                 phase = "read"
                 reply, reusable = _read_reply(reader)
                 break
@@ -257,18 +266,20 @@ class Http11:
         with self._lock:
             self._closed = True
             idle, self._idle = self._idle, {}
-        for socks in idle.values():
-            for sock in socks:
+        for parked in idle.values():
+            for sock, _ in parked:
                 sock.close()
 
     def _checkout(self, origin: Origin, timeout: float | None) -> tuple[socket.socket, bool]:
         while True:
             with self._lock:
                 pool = self._idle.get(origin)
-                sock = pool.pop() if pool else None
+                sock, since = pool.pop() if pool else (None, 0.0)
             if sock is None:
                 return self._connect(origin, timeout), False
-            if not _readable(sock):
+            # Only a connection idle a while can hold a server's parting reply (a 408): look
+            # before reusing it. A fresher one closed under us is retried once (request()).
+            if time.monotonic() - since < _LOOK_AFTER or not _readable(sock):
                 return sock, True
             sock.close()  # closed by the server (or it sent what we never asked for)
 
@@ -276,7 +287,7 @@ class Http11:
         with self._lock:
             pool = self._idle.setdefault(origin, [])
             if not self._closed and len(pool) < _MAX_IDLE:
-                pool.append(sock)
+                pool.append((sock, time.monotonic()))
                 return
         sock.close()
 
