@@ -443,3 +443,36 @@ def test_an_unusable_presigned_url_is_a_network_error(tmp_path: Path) -> None:
             c.put_chunk(url, b"pcm")
         assert err.value.status is None
     c.close()
+
+
+def test_a_parting_reply_on_an_idle_connection_is_not_taken_for_ours(tmp_path: Path) -> None:
+    # Some servers answer 408 on a connection idle too long, then close it. Read as the
+    # reply to our next request, it would fail a request the server never saw.
+    parked, parted = threading.Event(), threading.Event()
+    seen: list[bytes] = []
+
+    def serve(listener: socket.socket) -> None:
+        first, _ = listener.accept()
+        seen.append(first.recv(65536))
+        first.sendall(OK)
+        parked.wait(10)  # the client has its reply and the connection is in its pool
+        first.sendall(b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\n\r\n")
+        first.close()
+        parted.set()
+        second, _ = listener.accept()
+        seen.append(second.recv(65536))
+        second.sendall(OK)
+        second.close()
+
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        threading.Thread(target=serve, args=(listener,), daemon=True).start()
+        c = client(f"http://127.0.0.1:{listener.getsockname()[1]}", tmp_path)
+        assert c.post_event(event(1)).status == 200
+        since = time.monotonic()
+        parked.set()
+        wait_until(parted.is_set, what="the server's parting reply")
+        # Idle long enough for the connection to be looked at before reuse.
+        wait_until(lambda: time.monotonic() - since > 0.3, what="the connection idle 0.3 s")
+        assert c.post_event(event(2)).status == 200
+        c.close()
+    assert len(seen) == 2
