@@ -20,6 +20,7 @@ from .._compat import (
     PositionTrackingRecorder,
     has_buffer_event_handlers,
     is_recording,
+    output_sample_rate,
     start_recording,
 )
 from ._chunks import DEFAULT_CHUNK_BYTES
@@ -56,6 +57,8 @@ class RoarkAudioRecorder(PositionTrackingRecorder):
             sample_rate=sample_rate, num_channels=num_channels, buffer_size=buffer_size, **kwargs
         )
         self._chunk_bytes = num_channels * buffer_size
+        # Capture rule 15: Pipecat < 1.10 learns its rate only from the StartFrame it handles.
+        self._rate = sample_rate or 0
         self._can_record_observed = (
             num_channels == 2 and buffer_size > 0 and not kwargs.get("enable_turn_audio")
         )
@@ -80,7 +83,7 @@ class RoarkAudioRecorder(PositionTrackingRecorder):
         if self._can_record_observed and not has_buffer_event_handlers(self):
             recorder = ObservedRecorder(chunk_bytes=self._chunk_bytes)
             recorder.add_listener(self._keep)
-            recorder.start(self.sample_rate)
+            recorder.start(self.sample_rate or self._rate)
             self.user_timeline = recorder.user_timeline
             self.bot_timeline = recorder.bot_timeline
             self._observed = recorder
@@ -117,6 +120,7 @@ class RoarkAudioRecorder(PositionTrackingRecorder):
             return
         # Capture rule 11: armed inline, before any greeting audio can reach us.
         if isinstance(frame, StartFrame) and not is_recording(self):
+            self._rate = self._rate or output_sample_rate(frame)
             await start_recording(self)
         if not isinstance(frame, (InputAudioRawFrame, OutputAudioRawFrame)):
             await super().process_frame(frame, direction)
