@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from pipecat_roark_otel.audio import ObservedRecorder
-from pipecat_roark_otel.audio._chunks import Chunk
+from pipecat_roark_otel.audio._chunks import Chunk, ChunkSink
 from pipecat_roark_otel.exporter._handoff import Handoff
 from pipecat_roark_otel.exporter._items import chunk as chunk_item
 from pipecat_roark_otel.exporter._outbox import Outbox, call_key
@@ -169,3 +169,43 @@ def test_the_handoff_persists_a_view_byte_exact_and_then_lets_it_go(tmp_path: Pa
     key = call_key("call-1")
     assert stored == [key] * len(expected)
     assert [outbox.load_bytes(key, chunk_item(i)) for i in range(len(expected))] == expected
+
+
+class _UserTarget:
+    """A ``recording_target`` of the user's own: it is promised ``bytes``."""
+
+    def __init__(self) -> None:
+        self.got: list[object] = []
+
+    def submit_chunk(
+        self,
+        call_id: str,
+        index: int,
+        pcm: bytes,
+        *,
+        sample_rate: int | None = None,
+        num_channels: int | None = None,
+    ) -> bool:
+        self.got.append(pcm)
+        return True
+
+
+class _EngineLike(_UserTarget):
+    takes_buffers = True
+
+
+@pytest.mark.parametrize(("target_type", "kind"), [(_UserTarget, bytes), (_EngineLike, memoryview)])
+def test_a_users_target_gets_bytes_and_only_the_engine_gets_the_view(
+    target_type: type[_UserTarget], kind: type
+) -> None:
+    recorder, got, _ = bot_only(100)
+    sink = ChunkSink()
+    recorder.add_buffer_listener(sink.add)
+    target = target_type()
+    sink.attach(target, "call-1")
+    for i in range(100, 200):
+        recorder.bot_audio(frame(i), RATE, 1, (i + 1) * FRAME_NS)
+    recorder.stop()
+    assert target.got and all(type(pcm) is kind for pcm in target.got)
+    assert [bytes(pcm) for pcm in target.got] == got.at_hand_out[-len(target.got) :]
+    assert sink.bytes == sum(len(bytes(pcm)) for pcm in target.got)
