@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import gc
 import json
+import os
 import ssl
 import subprocess
 import sys
@@ -107,9 +108,22 @@ class _Timed:
                 value, error = None, e
 
 
-def _timed_ours(variant: str) -> Any:
-    """Our observer for ``variant``, its entry points timed step by step (bench only)."""
+def _timed(variant: str) -> Any:
+    """The observer for ``variant``, its entry points timed step by step (bench only).
+
+    ``noop`` times a bare ``BaseObserver`` the same way: its longest step, which does no
+    work at all, is the floor of this measure on the machine at the time.
+    """
+    from pipecat.observers.base_observer import BaseObserver
+
     from pipecat_roark_otel import RoarkObserver
+
+    class TimedNoop(BaseObserver):
+        def on_push_frame(self, data: Any) -> Any:
+            return _Timed(super().on_push_frame(data), type(data.frame).__name__)
+
+        def on_process_frame(self, data: Any) -> Any:
+            return _Timed(super().on_process_frame(data), type(data.frame).__name__)
 
     class Timed(RoarkObserver):
         def on_push_frame(self, data: Any) -> Any:
@@ -122,10 +136,26 @@ def _timed_ours(variant: str) -> Any:
             return _Timed(super()._finish(reason, now_ns), "call end")
 
     def make() -> tuple[Any, Any]:
+        if variant == "noop":
+            return TimedNoop(), None
         obs = Timed(agent_id="bench-agent", conversation_id=f"bench-{uuid.uuid4()}")
         return obs, (obs.audio_processor if variant == "ours_spliced" else None)
 
     return make
+
+
+def _steal_ticks() -> int | None:
+    """The machine's stolen CPU ticks so far (``/proc/stat``), where the kernel reports them.
+
+    A virtual CPU preempted by its host keeps counting the running thread's CPU time, so a
+    step's CPU time includes any steal that fell inside it.
+    """
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+        return int(fields[8])
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def _census() -> dict[str, int]:
@@ -186,19 +216,21 @@ async def _child(variant: str, calls: int, seconds: float) -> dict[str, Any]:
     def ready(task: Any) -> None:
         tasks.append(task)
 
-    # Timing the steps costs CPU itself: only the ours_steps rows are timed.
-    make = _timed_ours(variant.removesuffix("_steps")) if variant.endswith("_steps") else None
+    # Timing the steps costs CPU itself: only the *_steps rows are timed.
+    make = _timed(variant.removesuffix("_steps")) if variant.endswith("_steps") else None
 
     async def one() -> None:
         r = await p.run_call(variant, shape, on_ready=ready, collect=False, sinks=sinks, make=make)
         done.append(r)
 
     c0, w0, d0 = time.process_time(), time.perf_counter(), p.delivery_cpu()
+    steal0 = _steal_ticks()
     watcher = asyncio.ensure_future(midway())
     await asyncio.gather(*(one() for _ in range(calls)))
     cpu = time.process_time() - c0 - census_cpu[0]
     delivery_cpu = p.delivery_cpu() - d0
     wall = time.perf_counter() - w0
+    steal1 = _steal_ticks()
     watcher.cancel()
     stop.set()
     sampler.join()
@@ -220,6 +252,12 @@ async def _child(variant: str, calls: int, seconds: float) -> dict[str, Any]:
         "wall_s": wall,
         "worst_step_ms": _Steps.worst * 1e3 if variant.endswith("_steps") else None,
         "worst_step_at": _Steps.where,
+        # Share of the machine's CPU time its host took back during the calls.
+        "steal_share": (
+            (steal1 - steal0) / os.sysconf("SC_CLK_TCK") / (wall * (os.cpu_count() or 1))
+            if steal0 is not None and steal1 is not None
+            else None
+        ),
         "worst_step_with_gc_ms": _Steps.worst_with_gc * 1e3,
         "worst_gc_in_step_ms": _Steps.worst_gc * 1e3,
     }
@@ -268,7 +306,7 @@ def verdict(rows: list[dict[str, Any]]) -> list[str]:
         by_calls.setdefault(r["calls"], {})[r["variant"]] = r
     for n, by in by_calls.items():
         ours, inc, noop = by.get("ours"), by.get("incumbent"), by.get("noop")
-        steps = by.get("ours_steps")
+        steps, floor = by.get("ours_steps"), by.get("noop_steps")
         for r in (ours, inc):
             if r is not None and r["extra_mb_per_call"] is not None:
                 ok = "meets" if r["extra_mb_per_call"] <= TARGET_MB_PER_CALL else "misses"
@@ -310,6 +348,13 @@ def verdict(rows: list[dict[str, Any]]) -> list[str]:
                 f"{steps['worst_gc_in_step_ms']:.2f} ms, worst step with one "
                 f"{steps['worst_step_with_gc_ms']:.2f} ms)"
             )
+        if floor is not None and floor["worst_step_ms"] is not None:
+            lines.append(
+                f"noop x{n}: longest step of a no-op observer, timed the same way "
+                f"{floor['worst_step_ms']:.2f} ms CPU, handling {floor['worst_step_at']} "
+                f"(the floor of this measure here; host steal during the calls: "
+                f"{100 * (floor['steal_share'] or 0):.1f}% of the CPUs)"
+            )
     return lines
 
 
@@ -348,7 +393,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         doc = asyncio.run(_child(args.child, int(args.calls), args.seconds))
         print(json.dumps(doc))
         return doc
-    default = ["none", "noop", "incumbent", "ours", "ours_steps"]
+    default = ["none", "noop", "incumbent", "ours", "ours_steps", "noop_steps"]
     names = args.variants.split(",") if args.variants else default
     if not p.has_incumbent():
         names = [n for n in names if n != "incumbent"]
