@@ -9,10 +9,12 @@ loop takes them (a small in-flight window keeps queues short), or paced in real 
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import gc
 import json
 import os
+import shutil
 import tempfile
 import threading
 import time
@@ -244,13 +246,27 @@ class NullExporter(SpanExporter):
         return SpanExportResult.SUCCESS
 
 
+def _new_spool() -> Path:
+    path = Path(tempfile.mkdtemp(prefix="roark-bench-"))
+    atexit.register(_remove_spool, path)
+    return path
+
+
+def _remove_spool(path: Path) -> None:
+    # Runs against a dead URL leave every call in the spool: gone with the process. The
+    # exporter stops first, so its threads write nothing there afterwards.
+    if _OTEL is not None and _OTEL.roark is not None:
+        _OTEL.roark.shutdown()
+    shutil.rmtree(path, ignore_errors=True)
+
+
 @dataclass
 class Otel:
     router: _Router
     backend: BatchSpanProcessor  # Pipecat's spans (tracing runs)
     roark: BatchSpanProcessor | None = None  # RoarkSpanExporter (our runs)
     exporter: Any = None
-    spool: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="roark-bench-")))
+    spool: Path = field(default_factory=_new_spool)
 
 
 _OTEL: Otel | None = None
