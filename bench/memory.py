@@ -118,20 +118,19 @@ def _timed(variant: str) -> Any:
 
     from pipecat_roark_otel import RoarkObserver
 
-    class TimedNoop(BaseObserver):
+    class Steps:
+        """Times each push and process event of the observer class it is mixed into."""
+
         def on_push_frame(self, data: Any) -> Any:
             return _Timed(super().on_push_frame(data), type(data.frame).__name__)
 
         def on_process_frame(self, data: Any) -> Any:
             return _Timed(super().on_process_frame(data), type(data.frame).__name__)
 
-    class Timed(RoarkObserver):
-        def on_push_frame(self, data: Any) -> Any:
-            return _Timed(super().on_push_frame(data), type(data.frame).__name__)
+    class TimedNoop(Steps, BaseObserver):
+        pass
 
-        def on_process_frame(self, data: Any) -> Any:
-            return _Timed(super().on_process_frame(data), type(data.frame).__name__)
-
+    class Timed(Steps, RoarkObserver):
         def _finish(self, reason: str, now_ns: int) -> Any:
             return _Timed(super()._finish(reason, now_ns), "call end")
 
