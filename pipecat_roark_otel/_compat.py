@@ -263,6 +263,7 @@ class PositionTrackingRecorder(AudioBufferProcessor):
         await cast(Any, super()).start_recording()
 
     async def stop_recording(self) -> None:
+        # Pipecat's is untyped: a typed seam for subclasses that extend it.
         await cast(Any, super()).stop_recording()
 
     async def _call_on_audio_data_handler(self) -> None:
