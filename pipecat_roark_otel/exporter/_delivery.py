@@ -204,6 +204,7 @@ class Delivery:
             t.join(max(0.05, deadline - time.monotonic()))
         while self._handoff.persist_one():  # whatever audio is still in memory goes to disk
             pass
+        self.outbox.drop_spares()
         self._client.close()
 
     @property

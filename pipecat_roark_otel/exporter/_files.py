@@ -25,19 +25,24 @@ _FILE_MODE: Final = 0o666  # as open() makes them, less the umask; the folders a
 StrPath: TypeAlias = "str | os.PathLike[str]"
 
 
-def _write_all(fd: int, data: bytes | memoryview) -> None:
+def write_all(fd: int, data: bytes | memoryview) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
 
 
-def write_atomic(path: StrPath, data: bytes | memoryview) -> None:
+def tmp_name(path: StrPath) -> str:
+    """Where ``path`` is written before it is renamed into place (same folder)."""
     head, name = os.path.split(os.fspath(path))
-    tmp = os.path.join(head, f"{TMP_PREFIX}{os.getpid()}-{secrets.token_hex(6)}-{name}")
+    return os.path.join(head, f"{TMP_PREFIX}{os.getpid()}-{secrets.token_hex(6)}-{name}")
+
+
+def write_atomic(path: StrPath, data: bytes | memoryview) -> None:
+    tmp = tmp_name(path)
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _CLOEXEC | _BINARY, _FILE_MODE)
         try:
-            _write_all(fd, data)
+            write_all(fd, data)
         finally:
             os.close(fd)
         os.replace(tmp, path)
@@ -47,11 +52,35 @@ def write_atomic(path: StrPath, data: bytes | memoryview) -> None:
         raise
 
 
+def write_over(old: StrPath, path: StrPath, data: bytes | memoryview) -> bool:
+    """``write_atomic`` into the file ``old`` (moved, then overwritten): no new inode.
+    False, with nothing written, if ``old`` is gone."""
+    tmp = tmp_name(path)
+    try:
+        os.replace(old, tmp)
+    except FileNotFoundError:
+        return False
+    try:
+        # No O_TRUNC: ext4 flushes a file truncated to zero when it is closed (auto_da_alloc).
+        fd = os.open(tmp, os.O_WRONLY | _CLOEXEC | _BINARY)
+        try:
+            write_all(fd, data)
+            os.ftruncate(fd, len(data))  # what ``old`` held may have been longer
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return True
+
+
 def append_line(path: StrPath, data: bytes | memoryview) -> None:
     flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | _CLOEXEC | _BINARY
     fd = os.open(path, flags, _FILE_MODE)
     try:
-        _write_all(fd, data)
+        write_all(fd, data)
     finally:
         os.close(fd)
 

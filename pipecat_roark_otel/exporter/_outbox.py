@@ -12,6 +12,7 @@ Layout (``root/v1``)::
     locks/<key>.lock             per-call delivery lock
     dead/<key>/...               dead-lettered item files + reason.json (+ sent.log)
     done/<key>                   tombstone of a completed call: late duplicates are ignored
+    spare/<pid>-<tag>-<n>        delivered chunk files this process writes new chunks over
 
 Writes are atomic (tmp + ``os.replace``) but not fsynced: we guard against the
 process dying, not the OS crashing. Only the holder of a call's lock appends to
@@ -45,6 +46,7 @@ from ._files import (
 from ._items import ENDED, STARTED, ItemId, chunk, segment
 from ._lock import CallLock, LockMode, resolve_mode, try_lock
 from ._payloads import MAX_CHANNELS, MAX_SAMPLE_RATE, EndRecord
+from ._spares import Spares
 from ._state import DEAD_PREFIX, CallState, SentLog
 
 LAYOUT: Final = "v1"
@@ -107,6 +109,7 @@ class Outbox:
         self.done_dir = base / "done"
         self.locks_dir = base / "locks"
         self.trash_dir = base / "trash"
+        self.spare_dir = base / "spare"  # delivered chunk files, for new chunks (_spares)
         for d in (base, self.calls_dir, self.dead_dir, self.done_dir, self.locks_dir):
             mkdir_private(d)
         # The same folders as strings: delivery joins paths per file, and pathlib costs more.
@@ -116,6 +119,8 @@ class Outbox:
         self._locks = str(self.locks_dir)
         self._trash = str(self.trash_dir)
         self._retired = itertools.count()
+        # A write seam of the caller's own writes every chunk itself: no spares then.
+        self._spares = Spares(str(self.spare_dir)) if write is write_atomic else None
         self._trash_tag = secrets.token_hex(4)
 
     # -- writing (any thread, any process) -------------------------------------------------
@@ -143,7 +148,8 @@ class Outbox:
         if sample_rate is not None and num_channels is not None:
             meta = {"sampleRate": sample_rate, "numChannels": num_channels}
             self._put(call_id, None, dumps(meta), filename="audio.json")
-        return self._put(call_id, chunk(index), pcm)
+        write = self._write if self._spares is None else self._spares.write
+        return self._put(call_id, chunk(index), pcm, write=write)
 
     def _put(
         self,
@@ -152,6 +158,7 @@ class Outbox:
         data: bytes | memoryview,
         *,
         filename: str | None = None,
+        write: Write | None = None,
     ) -> bool:
         """Write one item unless it is already there or already delivered. True if written."""
         if not call_id:
@@ -172,7 +179,7 @@ class Outbox:
                 mkdir_private(d)
                 if not (d / "call.json").exists():
                     self._write(d / "call.json", dumps({"callId": call_id}))
-                self._write(target, data)
+                (write or self._write)(target, data)
                 return True
             except FileNotFoundError:
                 if (self.done_dir / key).exists():
@@ -286,8 +293,17 @@ class Outbox:
         """Record delivery, then drop the chunk's bytes (the log line is the truth)."""
         self._append(key, str(item))
         if item.kind == "chunk":
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(f"{self._calls}/{key}/{item.filename}")
+            path = f"{self._calls}/{key}/{item.filename}"
+            if self._spares is not None:
+                self._spares.keep(path)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+
+    def drop_spares(self) -> None:
+        """At shutdown: this process's spare chunk files are of no use to the next."""
+        if self._spares is not None:
+            self._spares.clear()
 
     def _append(self, key: str, line: str) -> None:
         self._append_bytes(Path(self._calls, key, "sent.log"), f"{line}\n".encode())
@@ -358,6 +374,8 @@ class Outbox:
         """Tidy what a killed process left behind: trash and old tombstones."""
         now = time.time() if now is None else now
         shutil.rmtree(self.trash_dir, ignore_errors=True)
+        if self._spares is not None:
+            self._spares.sweep()
         with contextlib.suppress(FileNotFoundError):
             for e in os.scandir(self.done_dir):
                 with contextlib.suppress(OSError):
