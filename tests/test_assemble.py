@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pydantic
 import pytest
 
-from pipecat_roark_otel.exporter._assemble import assemble_call_ended
+from pipecat_roark_otel.exporter._assemble import (
+    assemble,
+    assemble_call_ended,
+    segment_entries,
+)
+from pipecat_roark_otel.exporter._payloads import CallEnded, CallStarted, TranscriptTurn
 
 BASE: dict[str, Any] = {
     "event": "call-ended",
@@ -142,3 +148,54 @@ def test_malformed_inputs_raise(
 ) -> None:
     with pytest.raises(error):
         assemble_call_ended(end_record, segments)
+
+
+def test_a_segment_file_gives_what_its_parsed_record_gives() -> None:
+    """Delivery reads a segment file's bytes in one go; the result is the per-record one,
+    also when one entry is bad or loosely typed (then each entry is checked alone)."""
+    loose = {**turn(7, 70, "seq as text"), "seq": "7"}
+    bad = {**turn(8, 80, "x"), "record": {"role": "robot", "content": "x"}}
+    segments = [
+        {"entries": [turn(0, 10, "a"), call(1, "t1"), result(2, "t1"), turn(3, 5, "b")]},
+        {"entries": [turn(4, 40, "c"), loose, bad], "extra": 1},
+        {"entries": []},
+        {},
+    ]
+    for seg in segments:
+        from_bytes = segment_entries(json.dumps(seg).encode())
+        assert from_bytes == segment_entries(seg)
+    assert segment_entries(json.dumps(segments[1]).encode())[1] == 1
+    assert [e[3].content for e in segment_entries(json.dumps(segments[0]).encode())[0][:1]] == ["a"]
+    body, rejected = assemble_call_ended(end(), segments)
+    assert (contents(body), rejected) == (["b", "a", "c", "seq as text"], 1)
+
+
+@pytest.mark.parametrize(
+    ("raw", "error"),
+    [(b'{"entries": [', ValueError), (b"[1, 2]", TypeError), (b"\xff\xfe", ValueError)],
+)
+def test_a_damaged_segment_file_raises(raw: bytes, error: type[Exception]) -> None:
+    with pytest.raises(error):
+        segment_entries(raw)
+
+
+ODD = ["plain", "é 中文 😀", 'ctl \x00\x01\x1f\x7f \n\t " \\ / \u2028', "", "\ufeff"]
+
+
+@pytest.mark.parametrize("text", ODD)
+def test_wire_json_is_the_json_of_the_wire_dict(text: str) -> None:
+    """Bodies go out as pydantic's JSON bytes, the same bytes json.dumps of wire() gave."""
+
+    def dumps(body: dict[str, Any]) -> bytes:
+        return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+
+    turn_model = TranscriptTurn(
+        role="user", content=text, timestamp="t", endTimestamp="e", audioOffsetMs=3
+    )
+    for started_at in ("2025-01-01T00:00:00+00:00", None):
+        payload = {**BASE, "callStartedAt": started_at, "callEndedReason": text or "r"}
+        ended = assemble(payload, [(1, 0, "turn", turn_model)])
+        assert ended.wire_json() == dumps(ended.wire())
+        assert isinstance(ended, CallEnded)
+    begun = CallStarted(pipecatCallId="c1", eventTimestamp="t", agentId="a", agentName=text)
+    assert begun.wire_json() == dumps(begun.wire())

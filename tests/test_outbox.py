@@ -109,6 +109,37 @@ def test_completed_call_is_retired_and_late_duplicates_ignored(outbox: Outbox) -
     assert outbox.read(key) is None
 
 
+def test_the_tombstone_is_the_calls_own_file_and_ages_from_completion(outbox: Outbox) -> None:
+    """A completed call's call.json becomes its tombstone (a rename: no new file per call),
+    and the tombstone's age, which recover() expires, counts from completion, not the call."""
+    key = call_key(CALL)
+    outbox.put_started(CALL, STARTED_BODY)
+    month_ago = time.time() - 30 * 24 * 3600
+    os.utime(outbox.calls_dir / key / "call.json", (month_ago, month_ago))
+    lock = outbox.try_lock(key)
+    assert lock is not None
+    outbox.mark_sent(key, STARTED)
+    outbox.complete(key, lock)
+    tomb = outbox.done_dir / key
+    assert json.loads(tomb.read_bytes()) == {"callId": CALL}
+    assert time.time() - tomb.stat().st_mtime < 3600
+    outbox.recover()
+    assert tomb.exists()
+    assert not outbox.put_started(CALL, STARTED_BODY)  # still a late duplicate
+    assert outbox.pending_keys() == []
+
+
+def test_a_call_without_call_json_still_gets_a_tombstone(outbox: Outbox) -> None:
+    key = call_key(CALL)
+    outbox.put_started(CALL, STARTED_BODY)
+    (outbox.calls_dir / key / "call.json").unlink()  # lost, or a spool from a hand edit
+    lock = outbox.try_lock(key)
+    assert lock is not None
+    outbox.complete(key, lock)
+    assert (outbox.done_dir / key).read_bytes() == b""
+    assert not outbox.put_started(CALL, STARTED_BODY)
+
+
 def test_zombie_directory_after_completion_is_cleared_on_read(outbox: Outbox) -> None:
     key = call_key(CALL)
     lock = outbox.try_lock(key)

@@ -71,6 +71,11 @@ logging.getLogger("httpx").addFilter(_WithoutQuery())
 _requests: Final = logging.getLogger("pipecat_roark_otel.http")
 
 
+def _json(body: dict[str, Any]) -> bytes:
+    # What httpx's ``json=`` sends, without its per-request encoder setup.
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+
+
 @contextmanager
 def _suppressed() -> Iterator[None]:
     # Rule 10: the same key the SDK's BatchProcessor sets around its own exports.
@@ -87,11 +92,6 @@ def _check(status: int, text: str, retry_after: str | None) -> Reply:
     if not 200 <= status < 300:
         raise RoarkHTTPError(status, text[:_MESSAGE_MAX], retry_after)
     return Reply(status, text)
-
-
-def _json(body: dict[str, Any]) -> bytes:
-    # What httpx's ``json=`` sends, without its per-request encoder setup.
-    return json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
 
 
 def _proxied(client: httpx.Client, url: httpx.URL) -> bool:
@@ -253,14 +253,16 @@ class RoarkClient:
             raise RoarkHTTPError(None, "InvalidURL") from None
         return _check(response.status_code, response.text, response.headers.get("retry-after"))
 
-    def post_event(self, body: dict[str, Any], *, timeout: float | None = None) -> Reply:
+    def post_event(self, body: bytes | dict[str, Any], *, timeout: float | None = None) -> Reply:
+        """``body``: the event, as JSON already (a model's ``wire_json()``) or a dict."""
+        content = body if isinstance(body, bytes) else _json(body)
         url, direct, lines = self._events_url, self._events, self._json_lines
         return self._send(
-            self._api, "POST", url, direct, timeout, _json(body), self._json_headers, lines
+            self._api, "POST", url, direct, timeout, content, self._json_headers, lines
         )
 
     def presign(self, call_id: str, index: int, *, timeout: float | None = None) -> PresignReply:
-        request = _json(ChunkUploadRequest(pipecatCallId=call_id, chunkIndex=index).wire())
+        request = ChunkUploadRequest(pipecatCallId=call_id, chunkIndex=index).wire_json()
         url, direct, lines = self._presign_url, self._presign, self._json_lines
         reply = self._send(
             self._api, "POST", url, direct, timeout, request, self._json_headers, lines

@@ -11,7 +11,8 @@ Layout (``root/v1``)::
     calls/<key>/sent.log         "started", "chunk 3", "ended", "dead chunk 4", one per line
     locks/<key>.lock             per-call delivery lock
     dead/<key>/...               dead-lettered item files + reason.json (+ sent.log)
-    done/<key>                   tombstone of a completed call: late duplicates are ignored
+    done/<key>                   tombstone of a completed call (its call.json, moved): late
+                                 duplicates are ignored
     spare/<pid>-<tag>-<n>        delivered chunk files this process writes new chunks over
 
 Writes are atomic (tmp + ``os.replace``) but not fsynced: we guard against the
@@ -350,8 +351,13 @@ class Outbox:
 
     def complete(self, key: str, lock: CallLock) -> None:
         """Retire a finished call: tombstone first, so late duplicates and other readers skip it."""
-        touch_new(f"{self._done}/{key}")  # an empty marker: creating it is atomic already
         src = f"{self._calls}/{key}"
+        tomb = f"{self._done}/{key}"
+        try:  # the call's own call.json becomes the marker: a rename, where a new file costs
+            os.replace(f"{src}/call.json", tomb)  # an inode (slow on busy ext4 without journal)
+            os.utime(tomb)  # its age counts from now (recover)
+        except OSError:  # no call.json (or Windows has it open): an empty marker then
+            touch_new(tomb)
         if os.path.exists(f"{self._dead}/{key}") and os.path.exists(f"{src}/sent.log"):
             # What already arrived, so a resend of the dead items skips it.
             shutil.copyfile(f"{src}/sent.log", f"{self._dead}/{key}/sent.log")

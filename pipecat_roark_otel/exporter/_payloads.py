@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+from pydantic_core import to_json
 
 from ._items import MAX_INDEX
 
@@ -20,6 +21,10 @@ class _Wire(BaseModel):
     def wire(self) -> dict[str, Any]:
         """The JSON object sent to Roark, in contract field order."""
         return self.model_dump(exclude_none=True)
+
+    def wire_json(self) -> bytes:
+        """``wire()`` as the JSON sent, encoded by pydantic's core with no dict in between."""
+        return self.__pydantic_serializer__.to_json(self, exclude_none=True)
 
 
 class CallStarted(_Wire):
@@ -79,6 +84,11 @@ class CallEnded(_Wire):
         # Keep contract order: the nullable pair stands after eventTimestamp.
         ordered = {k: body[k] for k in type(self).model_fields if k in body}
         return ordered
+
+    def wire_json(self) -> bytes:
+        if self.callStartedAt is None or self.callEndedAt is None:
+            return to_json(self.wire())  # the nullable pair goes out as null, not left out
+        return super().wire_json()
 
 
 class ChunkUploadRequest(_Wire):

@@ -69,7 +69,7 @@ def upload(call_id: str, index: int, pcm: bytes) -> Request:
     return request
 
 
-def post(body: dict[str, object]) -> Request:
+def post(body: bytes) -> Request:
     def request(client: RoarkClient, timeout: float) -> object:
         return client.post_event(body, timeout=timeout)
 

@@ -15,7 +15,7 @@ import pydantic
 from .. import _errors
 from .._capture import iso_from_ns
 from . import _stats
-from ._assemble import assemble_call_ended
+from ._assemble import Entry, assemble, segment_entries
 from ._client import RoarkClient
 from ._gate import Gate
 from ._items import ENDED, STARTED, ItemId, chunk, segment
@@ -192,7 +192,8 @@ class Steps:
         call_id = self._call_id(key, state)
         if action.kind == "started":
             try:
-                body = CallStarted.model_validate_json(self.outbox.load_bytes(key, STARTED)).wire()
+                raw = self.outbox.load_bytes(key, STARTED)
+                body = CallStarted.model_validate_json(raw).wire_json()
             except (*_INVALID, OSError) as exc:
                 return self._set_aside(key, state, STARTED, exc)
             return self._send(key, call_id, STARTED, post(body))
@@ -222,16 +223,20 @@ class Steps:
     def _send_ended(
         self, key: str, call_id: str, state: CallState, action: Action, end: EndRecord
     ) -> Step:
-        records = []
+        entries: list[Entry] = []
+        rejected = 0
         for i in sorted(state.segments - {s.index for s in state.dead if s.kind == "segment"}):
             try:
-                records.append(self.outbox.load_json(key, segment(i)))
+                valid, left_out = segment_entries(self.outbox.load_bytes(key, segment(i)))
             except FileNotFoundError:
                 continue
             except (*_INVALID, OSError) as exc:
                 self._set_aside(key, state, segment(i), exc)
+                continue
+            entries += valid
+            rejected += left_out
         try:
-            body, rejected = assemble_call_ended(end.model_dump(), records)
+            body = assemble(end.payload, entries).wire_json()
         except _INVALID as exc:
             return self._set_aside(key, state, ENDED, exc)
         if rejected:
