@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import stat
@@ -12,10 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from pipecat_roark_otel.exporter import deadletters
+from pipecat_roark_otel.exporter import _lock, deadletters
 from pipecat_roark_otel.exporter._dead import DeadLetters
 from pipecat_roark_otel.exporter._items import ENDED, STARTED, chunk, segment
 from pipecat_roark_otel.exporter._outbox import (
+    CallGone,
     Outbox,
     call_key,
 )
@@ -176,6 +178,69 @@ def test_lock_is_exclusive_and_released(outbox: Outbox) -> None:
     assert second is not None
     second.release()
     assert list(outbox.locks_dir.iterdir()) == []  # no lock files pile up
+
+
+def test_the_lock_is_flock_on_the_calls_folder_with_no_file_per_lock(outbox: Outbox) -> None:
+    """No lock file is made or removed per session (each new file costs an inode), and a
+    session never makes the folder of a call that is gone."""
+    key = call_key(CALL)
+    outbox.put_started(CALL, STARTED_BODY)
+    before = files(outbox.root)
+    lock = outbox.try_lock(key, create=False)
+    assert lock is not None
+    assert files(outbox.root) == before  # nothing new, in locks/ or anywhere
+    assert outbox.try_lock(key, create=False) is None
+    lock.release()
+    again = outbox.try_lock(key, create=False)
+    assert again is not None
+    again.release()
+    gone = call_key("never written")
+    with pytest.raises(CallGone):
+        outbox.try_lock(gone, create=False)
+    assert not (outbox.calls_dir / gone).exists()
+
+
+def test_a_call_retired_under_a_waiter_is_gone_then_its_zombie_is_cleared(outbox: Outbox) -> None:
+    key = call_key(CALL)
+    outbox.put_started(CALL, STARTED_BODY)
+    holder = outbox.try_lock(key, create=False)
+    assert holder is not None
+    assert outbox.try_lock(key, create=False) is None  # the waiter: busy
+    outbox.complete(key, holder)  # retired: renamed away, then removed
+    with pytest.raises(CallGone):
+        outbox.try_lock(key, create=False)
+    assert outbox.put_started(CALL, STARTED_BODY) is False  # a late duplicate is refused...
+    (outbox.calls_dir / key).mkdir()  # ...or races in after the tombstone check
+    (outbox.calls_dir / key / "started.json").write_text("{}")
+    zombie = outbox.try_lock(key, create=False)
+    assert zombie is not None
+    assert outbox.read(key) is None
+    zombie.release()
+    assert outbox.pending_keys() == []
+
+
+def test_a_filesystem_that_cannot_flock_folders_uses_lock_files(
+    outbox: Outbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = _lock._flock_nb
+
+    def flock(fd: int) -> None:  # as on NFS: flock there needs a file open for writing
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            raise OSError(errno.EBADF, "Bad file descriptor")
+        real(fd)
+
+    monkeypatch.setattr(_lock, "_flock_nb", flock)
+    key = call_key(CALL)
+    outbox.put_started(CALL, STARTED_BODY)
+    lock = outbox.try_lock(key)
+    assert lock is not None
+    assert [p.name for p in outbox.locks_dir.iterdir()] == [f"{key}.lock"]
+    assert outbox.try_lock(key) is None
+    lock.release()
+    assert list(outbox.locks_dir.iterdir()) == []
+    again = outbox.try_lock(key)
+    assert again is not None
+    again.release()
 
 
 def test_excl_lock_fallback_and_staleness(tmp_path: Path) -> None:

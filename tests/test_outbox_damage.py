@@ -9,6 +9,8 @@ import dataclasses
 import errno
 import json
 import logging
+import os
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -24,9 +26,10 @@ from pipecat_roark_otel import semconv as sc
 from pipecat_roark_otel.audio._chunks import ChunkSink
 from pipecat_roark_otel.config import RoarkSettings
 from pipecat_roark_otel.devserver import LocalRoark
-from pipecat_roark_otel.exporter import RoarkSpanExporter, deadletters
+from pipecat_roark_otel.exporter import RoarkSpanExporter, _lock, deadletters
 from pipecat_roark_otel.exporter._engine import Engine
 from pipecat_roark_otel.exporter._files import append_line, write_atomic
+from pipecat_roark_otel.exporter._lock import LockMode
 from pipecat_roark_otel.exporter._outbox import Outbox, call_key
 
 from .support import FAST, wait_until
@@ -59,13 +62,12 @@ class Disk:
 def make_engine(tmp_path: Path, roark: LocalRoark) -> Iterator[Callable[..., Engine]]:
     made: list[Engine] = []
 
-    def make(disk: Disk | None = None, **options: Any) -> Engine:
+    def make(disk: Disk | None = None, lock_mode: LockMode = "auto", **options: Any) -> Engine:
         spool = tmp_path / "spool"
         seams = {"write": disk.write, "append": disk.append} if disk else {}
         settings = RoarkSettings(api_key=KEY, base_url=roark.base_url, spool_dir=spool)
-        engine = Engine(
-            settings, options=dataclasses.replace(FAST, **options), outbox=Outbox(spool, **seams)
-        )
+        outbox = Outbox(spool, lock_mode=lock_mode, **seams)
+        engine = Engine(settings, options=dataclasses.replace(FAST, **options), outbox=outbox)
         made.append(engine)
         return engine
 
@@ -127,11 +129,36 @@ def test_invalid_utf8_in_the_sent_log_is_repaired_not_retried_forever(
     wait_until(lambda: engine.outbox.pending_keys() == [])
 
 
+def no_folder_flock(monkeypatch: pytest.MonkeyPatch) -> None:
+    """flock refuses folders, as on NFS (flock there is a byte-range lock, which needs a file
+    open for writing); files still lock."""
+    real = _lock._flock_nb
+
+    def flock(fd: int) -> None:
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            raise OSError(errno.EBADF, "Bad file descriptor")
+        real(fd)
+
+    monkeypatch.setattr(_lock, "_flock_nb", flock)
+
+
+@pytest.mark.parametrize("locks", ["excl", "flock, folders refused"])
 def test_a_spool_that_cannot_lock_waits_for_the_disk_instead_of_killing_delivery(
-    make_engine: Callable[..., Engine], roark: LocalRoark, caplog: pytest.LogCaptureFixture
+    make_engine: Callable[..., Engine],
+    roark: LocalRoark,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    locks: str,
 ) -> None:
-    """A read-only or vanished spool fails the lock file itself: a wait, never a dead thread."""
-    engine = make_engine()
+    """A read-only or vanished spool fails the lock file itself: a wait, never a dead thread.
+
+    Lock files are used in excl mode and where a call's folder cannot be flocked; elsewhere
+    the lock is flock on the call's folder, and there is no lock file to fail."""
+    if locks == "excl":
+        engine = make_engine(lock_mode="excl")
+    else:
+        no_folder_flock(monkeypatch)
+        engine = make_engine()
     locks = engine.outbox.locks_dir
     locks.rmdir()
     locks.write_bytes(b"")  # a file where the folder was: every lock attempt is an OSError
@@ -256,3 +283,53 @@ def test_the_deadletters_tool_touches_only_dead_letters_inside_its_spool(
     assert "no dead letters" in capsys.readouterr().err
     assert (elsewhere / "precious").exists()
     assert outbox.pending_keys() == [live]
+
+
+def test_a_spool_left_by_the_previous_version_is_delivered_once(
+    make_engine: Callable[..., Engine], roark: LocalRoark, tmp_path: Path
+) -> None:
+    """Until now the lock was a file per call (``locks/<key>.lock``, left behind by a killed
+    process) and the tombstone an empty file: such a spool is delivered as it stands."""
+    spool = tmp_path / "spool" / "v1"
+    calls, locks, done = spool / "calls", spool / "locks", spool / "done"
+
+    def old_call(cid: str, *, sent: bytes, chunks: int = 0) -> Path:
+        d = calls / call_key(cid)
+        d.mkdir(parents=True, mode=0o700)
+        (d / "call.json").write_text(json.dumps({"callId": cid}))
+        (d / "started.json").write_text(json.dumps(started(cid)))
+        (d / "seg-000000.json").write_text(json.dumps(segment(f"{cid} said")))
+        for i in range(chunks):
+            (d / f"chunk-{i:06d}.pcm").write_bytes(bytes([i + 1]) * 3200)
+        (d / "end.json").write_text(json.dumps(end(cid, chunks=chunks)))
+        if sent:
+            (d / "sent.log").write_bytes(sent)
+        return d
+
+    old_call("half-sent", sent=b"started\n")
+    old_call("with-audio", sent=b"", chunks=2)
+    old_call("killed-mid-call", sent=b"started\nchunk 0\n", chunks=2).joinpath(
+        "chunk-000000.pcm"
+    ).unlink()  # delivered: the old version dropped the bytes after the log line
+    locks.mkdir(parents=True, mode=0o700)
+    for cid in ("half-sent", "killed-mid-call"):
+        (locks / f"{call_key(cid)}.lock").write_bytes(b"")  # its holder was killed
+    done.mkdir(parents=True, mode=0o700)
+    (done / call_key("finished-before")).write_bytes(b"")  # the old empty tombstone
+
+    engine = make_engine()
+    engine.put_started("finished-before", started("finished-before"))  # a late duplicate
+    assert engine.force_flush(10)
+    for cid in ("half-sent", "with-audio", "killed-mid-call"):
+        call = roark.wait_for_call_ended(cid, timeout=10)
+        assert [t["content"] for t in call["ended"]["transcript"]] == [f"{cid} said"]
+        assert sent_events(roark, cid, "call-ended") == 1
+    assert sent_events(roark, "half-sent", "call-started") == 0  # the log said so
+    assert sent_events(roark, "killed-mid-call", "call-started") == 0
+    assert sent_events(roark, "with-audio", "call-started") == 1
+    uploads = [r for r in roark.requests("killed-mid-call") if r["chunkIndex"] is not None]
+    assert {r["chunkIndex"] for r in uploads} == {1}
+    with_audio = roark.call("with-audio")
+    assert with_audio is not None and sorted(with_audio["chunks"]) == [0, 1]
+    assert roark.call("finished-before") is None
+    wait_until(lambda: engine.outbox.pending_keys() == [], what="the spool emptied")

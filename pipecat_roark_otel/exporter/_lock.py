@@ -1,8 +1,16 @@
-"""Per-call delivery locks: exclusive, non-blocking, across threads and processes."""
+"""Per-call delivery locks: exclusive, non-blocking, across threads and processes.
+
+Where ``flock`` is available a call is locked by flock on its own folder: nothing is
+created or removed per lock (a new file costs an inode, slow on a busy ext4 without a
+journal). A filesystem that cannot flock a folder (NFS emulates flock with byte-range
+locks, which need a file open for writing) falls back to a lock file per call, as does
+``excl`` mode (O_EXCL lock files, for platforms without flock).
+"""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import sys
 import time
@@ -25,12 +33,19 @@ else:  # pragma: no cover - Windows: O_EXCL lock files instead
 
 
 LockMode = Literal["auto", "flock", "excl"]
+_Held = Literal["flock", "excl", "folder"]
+_FOLDER: Final = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0)
+_BUSY: Final = frozenset({errno.EAGAIN, errno.EWOULDBLOCK})
+
+
+class FolderLockUnsupported(Exception):
+    """This filesystem cannot flock a folder: use lock files."""
 
 
 class CallLock:
     """One held call lock; release it exactly once (``with`` does)."""
 
-    def __init__(self, path: str, fd: int | None, mode: Literal["flock", "excl"]) -> None:
+    def __init__(self, path: str, fd: int | None, mode: _Held) -> None:
         self._path = path
         self._fd = fd
         self._mode = mode
@@ -43,12 +58,14 @@ class CallLock:
                 os.utime(self._path)
 
     def release(self) -> None:
-        """Unlink while still held, so lock files never pile up; waiters re-check the inode."""
+        """Unlink a lock file while still held, so lock files never pile up; waiters re-check
+        the inode. A folder lock just lets go."""
         if self._released:
             return
         self._released = True
-        with contextlib.suppress(OSError):
-            os.unlink(self._path)
+        if self._mode != "folder":
+            with contextlib.suppress(OSError):
+                os.unlink(self._path)
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
@@ -66,6 +83,28 @@ def resolve_mode(mode: LockMode) -> Literal["flock", "excl"]:
     if mode == "flock" and not HAVE_FLOCK:  # pragma: no cover - Windows
         raise ValueError("lock_mode='flock' needs fcntl")
     return mode
+
+
+def lock_folder(path: str) -> CallLock | None:
+    """flock on the folder at ``path``, or ``None`` if another thread or process holds it
+    (or the folder was retired meanwhile). Raises ``FileNotFoundError`` if there is no
+    folder, :class:`FolderLockUnsupported` if its filesystem cannot lock it."""
+    fd = os.open(path, _FOLDER)
+    try:
+        _flock_nb(fd)
+    except OSError as exc:
+        os.close(fd)
+        if exc.errno in _BUSY:
+            return None
+        raise FolderLockUnsupported(str(exc)) from None
+    try:  # retired (renamed away) and made again since we opened it: ours is a stale inode
+        same = os.stat(path).st_ino == os.fstat(fd).st_ino
+    except FileNotFoundError:
+        same = False
+    if not same:
+        os.close(fd)
+        return None
+    return CallLock(path, fd, "folder")
 
 
 def try_lock(

@@ -9,7 +9,8 @@ Layout (``root/v1``)::
     calls/<key>/audio.json       optional {"sampleRate", "numChannels"}
     calls/<key>/end.json         the end record (``_payloads.EndRecord``)
     calls/<key>/sent.log         "started", "chunk 3", "ended", "dead chunk 4", one per line
-    locks/<key>.lock             per-call delivery lock
+    locks/<key>.lock             per-call delivery lock where the call's folder cannot be
+                                 flocked (no flock, or NFS); otherwise flock on calls/<key>
     dead/<key>/...               dead-lettered item files + reason.json (+ sent.log)
     done/<key>                   tombstone of a completed call (its call.json, moved): late
                                  duplicates are ignored
@@ -45,7 +46,7 @@ from ._files import (
     write_atomic,
 )
 from ._items import ENDED, STARTED, ItemId, chunk, segment
-from ._lock import CallLock, LockMode, resolve_mode, try_lock
+from ._lock import CallLock, FolderLockUnsupported, LockMode, lock_folder, resolve_mode, try_lock
 from ._payloads import MAX_CHANNELS, MAX_SAMPLE_RATE, EndRecord
 from ._spares import Spares
 from ._state import DEAD_PREFIX, CallState, SentLog
@@ -57,6 +58,10 @@ _REASON_MAX: Final = 500
 _KEY_LEN: Final = 32
 
 Write = Callable[[Path, bytes | memoryview], None]
+
+
+class CallGone(FileNotFoundError):
+    """The call has no folder: nothing of it is left to deliver."""
 
 
 def call_key(call_id: str) -> str:
@@ -97,6 +102,7 @@ class Outbox:
     ) -> None:
         self.root = Path(root)
         self._lock_mode = resolve_mode(lock_mode)
+        self._folder_locks = self._lock_mode == "flock"  # until the filesystem says otherwise
         self._stale_lock_after = stale_lock_after
         self._write = write
         self._append_bytes = append
@@ -283,8 +289,26 @@ class Outbox:
             return rate, channels
         return None
 
-    def try_lock(self, key: str) -> CallLock | None:
-        """The call's delivery lock, or ``None`` if another thread or process holds it."""
+    def try_lock(self, key: str, *, create: bool = True) -> CallLock | None:
+        """The call's delivery lock, or ``None`` if another thread or process holds it.
+
+        With flock, the lock is on the call's folder, made first if missing when ``create``;
+        otherwise a missing folder raises :class:`CallGone`."""
+        if self._folder_locks:
+            folder = f"{self._calls}/{key}"
+            try:
+                try:
+                    return lock_folder(folder)
+                except FileNotFoundError:
+                    if not create:
+                        raise CallGone(folder) from None
+                mkdir_private(Path(folder))
+                try:
+                    return lock_folder(folder)
+                except FileNotFoundError:  # retired again at once: someone else works it
+                    return None
+            except FolderLockUnsupported:
+                self._folder_locks = False  # NFS and the like: lock files, as in excl mode
         path = f"{self._locks}/{key}.lock"
         return try_lock(path, self._lock_mode, stale_after=self._stale_lock_after)
 

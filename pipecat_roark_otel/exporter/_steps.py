@@ -20,7 +20,7 @@ from ._client import RoarkClient
 from ._gate import Gate
 from ._items import ENDED, STARTED, ItemId, chunk, segment
 from ._lock import CallLock
-from ._outbox import Outbox
+from ._outbox import CallGone, Outbox
 from ._payloads import CallStarted, EndRecord
 from ._plan import Action, plan
 from ._retry import Outcome, retry_delay
@@ -104,7 +104,11 @@ class Steps:
 
     def session(self, key: str) -> Next:
         try:
-            lock = self.outbox.try_lock(key)
+            lock = self.outbox.try_lock(key, create=False)
+        except CallGone:  # completed elsewhere, or never written
+            with self._lock:
+                self._unrecorded.pop(key, None)
+            return DONE
         except OSError as exc:  # a read-only or vanished spool: wait for the disk, send nothing
             if _errors.should_log("spool_unlockable"):
                 logger.warning(
