@@ -36,6 +36,7 @@ from typing import Any, Final
 
 from ._files import (
     TMP_PREFIX,
+    StrPath,
     append_line,
     dumps,
     mkdir_private,
@@ -57,7 +58,7 @@ _TOMBSTONE_TTL_S: Final = 7 * 24 * 3600.0
 _REASON_MAX: Final = 500
 _KEY_LEN: Final = 32
 
-Write = Callable[[Path, bytes | memoryview], None]
+Write = Callable[[StrPath, bytes | memoryview], None]
 
 
 class CallGone(FileNotFoundError):
@@ -216,8 +217,10 @@ class Outbox:
             return None
         return value if isinstance(value, str) and value else None
 
-    def read(self, key: str) -> CallState | None:
-        """Snapshot a call under its lock; ``None`` if it is gone (completed elsewhere)."""
+    def read(self, key: str, *, call_id: str | None = None) -> CallState | None:
+        """Snapshot a call under its lock; ``None`` if it is gone (completed elsewhere).
+
+        ``call_id``: the call's id from an earlier read (a key's id never changes)."""
         d = f"{self._calls}/{key}"
         if os.path.exists(f"{self._done}/{key}"):
             self._retire(key)  # a late duplicate recreated the directory
@@ -256,7 +259,7 @@ class Outbox:
                 return None
         return CallState(
             key=key,
-            call_id=self.call_id(key),
+            call_id=call_id or self.call_id(key),
             started=started,
             segments=frozenset(found["segment"]),
             chunks=frozenset(found["chunk"]),
@@ -331,7 +334,7 @@ class Outbox:
             self._spares.clear()
 
     def _append(self, key: str, line: str) -> None:
-        self._append_bytes(Path(self._calls, key, "sent.log"), f"{line}\n".encode())
+        self._append_bytes(f"{self._calls}/{key}/sent.log", f"{line}\n".encode())
 
     def repair_log(self, key: str, log: SentLog) -> None:
         """Rewrite a damaged sent log with the lines that still name an item."""
