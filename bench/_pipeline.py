@@ -368,6 +368,8 @@ class CallResult:
     end_cpu_s: float  # EndFrame to the exporters flushed
     max_queue: int  # deepest the observer-under-test's queue got
     delivery_cpu_s: float = 0.0  # of cpu_s, our delivery threads'
+    loop_cpu_s: float = 0.0  # of cpu_s, the event loop's thread (time.thread_time)
+    delivery_call_cpu_s: float = 0.0  # our delivery threads', until the call was delivered
 
 
 async def run_call(
@@ -415,11 +417,12 @@ async def run_call(
 
         if collect:
             gc.collect()
-        w0, c0, d0 = time.perf_counter(), clock(), delivery_cpu()
+        w0, c0, d0, l0 = time.perf_counter(), clock(), delivery_cpu(), time.thread_time()
         result.frames = await source.run_script(sample)
         for queue in queues.values():
             await queue.join()
         result.cpu_s = clock() - c0
+        result.loop_cpu_s = time.thread_time() - l0
         result.delivery_cpu_s = delivery_cpu() - d0
         result.wall_s = time.perf_counter() - w0
         ended[0] = clock()

@@ -30,6 +30,12 @@ def test_overhead() -> None:
     assert ours["extra_us"] is not None
     # None when the no-op's extra came out at or below zero: noise on a loaded machine.
     assert "ratio_to_noop_extra" in ours
+    # The loop thread's CPU is part of the process's.
+    assert 0 < ours["loop_us"] <= ours["us_per_frame"]
+    # Both of our calls (warm-up and round) were delivered between rounds: no backlog left
+    # for our delivery threads to work on during other variants' rounds.
+    assert doc["delivery_url"] == "bench/_receiver.py"
+    assert doc["delivery"] == {"calls_completed": 2, "outbox_depth": 0, "pending": 0}
 
 
 def test_memory() -> None:
