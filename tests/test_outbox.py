@@ -15,6 +15,7 @@ import pytest
 
 from pipecat_roark_otel.exporter import _lock, deadletters
 from pipecat_roark_otel.exporter._dead import DeadLetters
+from pipecat_roark_otel.exporter._files import write_new
 from pipecat_roark_otel.exporter._items import ENDED, STARTED, chunk, segment
 from pipecat_roark_otel.exporter._outbox import (
     CallGone,
@@ -123,7 +124,8 @@ def test_the_tombstone_is_the_calls_own_file_and_ages_from_completion(outbox: Ou
     outbox.mark_sent(key, STARTED)
     outbox.complete(key, lock)
     tomb = outbox.done_dir / key
-    assert json.loads(tomb.read_bytes()) == {"callId": CALL}
+    identity, sent = tomb.read_bytes().split(b"\n", 1)
+    assert (json.loads(identity), sent) == ({"callId": CALL}, b"started\n")
     assert time.time() - tomb.stat().st_mtime < 3600
     outbox.recover()
     assert tomb.exists()
@@ -321,6 +323,95 @@ def test_resend_moves_items_back_and_remembers_what_arrived(outbox: Outbox) -> N
     assert state.end and state.segments == frozenset({0})
     assert state.done(STARTED) and not state.done(ENDED)  # started is not sent again
     assert not outbox.put_started(CALL, STARTED_BODY)  # and the tombstone is gone
+
+
+def test_resend_on_a_call_still_going_forgets_that_its_items_died(outbox: Outbox) -> None:
+    """The dead line is in the live call's own log (call.json): a resend takes it back."""
+    key = call_key(CALL)
+    outbox.put_started(CALL, STARTED_BODY)
+    outbox.put_segment(CALL, 0, {"entries": []})
+    lock = outbox.try_lock(key)
+    assert lock is not None
+    outbox.mark_sent(key, STARTED)
+    outbox.dead_letter(key, [segment(0)], status=422, message="no", now=1700000000.0)
+    lock.release()
+    state = outbox.read(key)
+    assert state is not None and segment(0) in state.dead
+    assert DeadLetters(outbox).resend(key) == 1
+    state = outbox.read(key)
+    assert state is not None and state.segments == frozenset({0})
+    assert not state.done(segment(0)) and state.done(STARTED)
+
+
+def test_the_sent_log_is_kept_in_call_json_with_no_file_of_its_own(outbox: Outbox) -> None:
+    key = call_key(CALL)
+    folder = outbox.calls_dir / key
+    outbox.put_started(CALL, STARTED_BODY)
+    outbox.put_chunk(CALL, 0, b"pcm")
+    lock = outbox.try_lock(key)
+    assert lock is not None
+    outbox.mark_sent(key, STARTED)
+    outbox.mark_sent(key, chunk(0))
+    lock.release()
+    assert sorted(p.name for p in folder.iterdir()) == ["call.json", "started.json"]
+    identity, sent = (folder / "call.json").read_bytes().split(b"\n", 1)
+    assert (json.loads(identity), sent) == ({"callId": CALL}, b"started\nchunk 0\n")
+    state = outbox.read(key)
+    assert state is not None and state.call_id == CALL
+    assert state.done(STARTED) and state.done(chunk(0)) and state.log.damaged == 0
+    assert not outbox.put_started(CALL, STARTED_BODY)
+    assert not outbox.put_chunk(CALL, 0, b"pcm")
+
+
+def test_a_call_json_from_before_keeps_its_log_in_sent_log(outbox: Outbox) -> None:
+    """A spool of the previous version: call.json is the identity alone, with no newline;
+    nothing is appended to it, the sent log goes on in sent.log."""
+    key = call_key(CALL)
+    outbox.put_started(CALL, STARTED_BODY)
+    folder = outbox.calls_dir / key
+    old = json.dumps({"callId": CALL}).encode()
+    (folder / "call.json").write_bytes(old)
+    (folder / "sent.log").write_bytes(b"chunk 7\n")
+    lock = outbox.try_lock(key)
+    assert lock is not None
+    outbox.mark_sent(key, STARTED)
+    lock.release()
+    assert (folder / "call.json").read_bytes() == old
+    assert (folder / "sent.log").read_bytes() == b"chunk 7\nstarted\n"
+    state = outbox.read(key)
+    assert state is not None and state.call_id == CALL
+    assert state.done(STARTED) and state.done(chunk(7))
+
+
+def test_a_damaged_line_in_call_json_is_repaired_there(outbox: Outbox) -> None:
+    key = call_key(CALL)
+    folder = outbox.calls_dir / key
+    outbox.put_started(CALL, STARTED_BODY)
+    lock = outbox.try_lock(key)
+    assert lock is not None
+    outbox.mark_sent(key, STARTED)
+    with open(folder / "call.json", "ab") as f:
+        f.write(b"\xff garbage\n")
+    (folder / "sent.log").write_bytes(b"chunk 2\n")  # and a sent.log beside it
+    state = outbox.read(key)
+    assert state is not None and state.log.damaged == 1
+    outbox.repair_log(key, state.log)
+    lock.release()
+    assert not (folder / "sent.log").exists()
+    repaired = outbox.read(key)
+    assert repaired is not None and repaired.log.damaged == 0 and repaired.call_id == CALL
+    assert repaired.done(STARTED) and repaired.done(chunk(2))
+
+
+def test_call_json_is_never_replaced_once_there(outbox: Outbox) -> None:
+    key = call_key(CALL)
+    outbox.put_started(CALL, STARTED_BODY)
+    call_json = outbox.calls_dir / key / "call.json"
+    before = call_json.stat().st_ino
+    write_new(call_json, b"another writer's\n")
+    assert call_json.stat().st_ino == before
+    assert json.loads(call_json.read_bytes()) == {"callId": CALL}
+    assert not any(".tmp-" in p for p in files(outbox.root))
 
 
 def test_resend_refuses_while_call_is_locked(outbox: Outbox) -> None:

@@ -12,7 +12,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from ._files import mkdir_private, read_json, read_log, write_atomic
+from ._files import mkdir_private, read_call_file, read_log
 from ._items import ItemId
 from ._outbox import Outbox, call_key, is_key
 from ._state import SentLog
@@ -48,7 +48,7 @@ class DeadLetters:
             return None
         call_id: str | None = None
         with contextlib.suppress(OSError, ValueError, AttributeError):
-            call_id = read_json(d / "call.json").get("callId")
+            call_id = read_call_file(d / "call.json").call_id
         found = (ItemId.from_filename(e.name) for e in os.scandir(d))
         items = sorted(str(item) for item in found if item is not None)
         return {"key": key, "callId": call_id, "items": items, "reasons": self.outbox.reasons(key)}
@@ -69,6 +69,7 @@ class DeadLetters:
                 (self.outbox.done_dir / key).unlink()
             dst = self.outbox.calls_dir / key
             mkdir_private(dst)
+            here = self.outbox.call_log(str(dst))
             moved: list[ItemId] = []
             for e in list(os.scandir(src)):
                 item = ItemId.from_filename(e.name)
@@ -78,9 +79,9 @@ class DeadLetters:
                 elif e.name in ("call.json", "audio.json") and not (dst / e.name).exists():
                     os.replace(e.path, dst / e.name)
             # Keep what was delivered, forget that the moved items died.
-            here, there = read_log(dst / "sent.log"), read_log(src / "sent.log")
+            there = read_log(src / "sent.log")
             log = SentLog(here.sent | there.sent, (here.dead | there.dead) - set(moved))
-            write_atomic(dst / "sent.log", log.dump())
+            self.outbox.rewrite_log(str(dst), log)
             shutil.rmtree(src, ignore_errors=True)
             return len(moved)
         finally:

@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import secrets
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, TypeAlias
 
@@ -50,6 +51,26 @@ def write_atomic(path: StrPath, data: bytes | memoryview) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def write_new(path: StrPath, data: bytes | memoryview) -> None:
+    """``write_atomic`` that never replaces: a file already at ``path`` stays as it is."""
+    tmp = tmp_name(path)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _CLOEXEC | _BINARY, _FILE_MODE)
+        try:
+            write_all(fd, data)
+        finally:
+            os.close(fd)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+        except OSError:  # a filesystem without hard links
+            os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
 
 
 def write_over(old: StrPath, path: StrPath, data: bytes | memoryview) -> bool:
@@ -114,6 +135,30 @@ def read_log(path: StrPath) -> SentLog:
         return SentLog.parse(read_bytes(path))
     except FileNotFoundError:
         return SentLog(frozenset(), frozenset())
+
+
+@dataclass(frozen=True, slots=True)
+class CallFile:
+    """A call's ``call.json``: its identity line, then (since the sent log moved in) the
+    sent log's lines. ``log`` is None for a file from before: identity only, no newline."""
+
+    call_id: str | None
+    head: bytes  # the identity line as stored
+    log: SentLog | None
+
+
+def call_file_bytes(call_id: str) -> bytes:
+    return dumps({"callId": call_id}) + b"\n"
+
+
+def read_call_file(path: StrPath) -> CallFile:
+    head, newline, rest = read_bytes(path).partition(b"\n")
+    try:
+        value = json.loads(head).get("callId")
+    except (ValueError, AttributeError):
+        value = None
+    call_id = value if isinstance(value, str) and value else None
+    return CallFile(call_id, head, SentLog.parse(rest) if newline else None)
 
 
 def mkdir_private(path: Path) -> None:

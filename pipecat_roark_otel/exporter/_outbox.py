@@ -2,13 +2,15 @@
 
 Layout (``root/v1``)::
 
-    calls/<key>/call.json        {"callId": raw id}; <key> = sha256(call id)[:32]
+    calls/<key>/call.json        {"callId": raw id} on its first line, then the sent log's
+                                 lines; <key> = sha256(call id)[:32]
     calls/<key>/started.json     call-started wire dict
     calls/<key>/seg-000000.json  segment records
     calls/<key>/chunk-000000.pcm raw PCM (deleted once delivered)
     calls/<key>/audio.json       optional {"sampleRate", "numChannels"}
     calls/<key>/end.json         the end record (``_payloads.EndRecord``)
-    calls/<key>/sent.log         "started", "chunk 3", "ended", "dead chunk 4", one per line
+    calls/<key>/sent.log         the sent log of a call.json from before it held one (no
+                                 newline after the identity), or of a repair
     locks/<key>.lock             per-call delivery lock where the call's folder cannot be
                                  flocked (no flock, or NFS); otherwise flock on calls/<key>
     dead/<key>/...               dead-lettered item files + reason.json (+ sent.log)
@@ -16,9 +18,12 @@ Layout (``root/v1``)::
                                  duplicates are ignored
     spare/<pid>-<tag>-<n>        delivered chunk files this process writes new chunks over
 
-Writes are atomic (tmp + ``os.replace``) but not fsynced: we guard against the
-process dying, not the OS crashing. Only the holder of a call's lock appends to
-its ``sent.log`` or removes its files; writers may run in any thread or process.
+Sent-log lines: "started", "chunk 3", "ended", "dead chunk 4", one per line; a call's log
+is the union of both places. Writes are atomic (tmp + ``os.replace``; call.json is never
+replaced once there) but not fsynced: we guard against the process dying, not the OS
+crashing. Only the holder of a call's lock appends to its log or removes its files;
+writers may run in any thread or process. The log lives in call.json because a new file
+costs an inode, and sent.log was the one file delivery still created per call.
 """
 
 from __future__ import annotations
@@ -38,13 +43,16 @@ from ._files import (
     TMP_PREFIX,
     StrPath,
     append_line,
+    call_file_bytes,
     dumps,
     mkdir_private,
     read_bytes,
+    read_call_file,
     read_json,
     read_log,
     touch_new,
     write_atomic,
+    write_new,
 )
 from ._items import ENDED, STARTED, ItemId, chunk, segment
 from ._lock import CallLock, FolderLockUnsupported, LockMode, lock_folder, resolve_mode, try_lock
@@ -79,6 +87,24 @@ def _remove_folder(path: str) -> None:
         os.rmdir(path)
     except OSError:  # not just files after all, or a racing remover: the thorough way
         shutil.rmtree(path, ignore_errors=True)
+
+
+def _log_path(folder: str) -> str:
+    """Where the lock holder appends: call.json when it holds the log (it ends in a
+    newline), sent.log for a call.json from before (or none)."""
+    path = f"{folder}/call.json"
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return f"{folder}/sent.log"
+    try:
+        os.lseek(fd, -1, os.SEEK_END)
+        last = os.read(fd, 1)
+    except OSError:  # empty: no last byte to seek to
+        last = b""
+    finally:
+        os.close(fd)
+    return path if last == b"\n" else f"{folder}/sent.log"
 
 
 def is_key(text: str) -> bool:
@@ -180,13 +206,15 @@ class Outbox:
             if target.exists():
                 return False
             if item is not None:
-                log = read_log(d / "sent.log")
+                log = self._call_and_log(str(d))[1]
                 if item in log.sent or item in log.dead:
                     return False
             try:
                 mkdir_private(d)
                 if not (d / "call.json").exists():
-                    self._write(d / "call.json", dumps({"callId": call_id}))
+                    # Never replaced once there: the lock holder may be appending to it.
+                    write = self._write if self._write is not write_atomic else write_new
+                    write(d / "call.json", call_file_bytes(call_id))
                 (write or self._write)(target, data)
                 return True
             except FileNotFoundError:
@@ -211,16 +239,24 @@ class Outbox:
             return None
 
     def call_id(self, key: str) -> str | None:
+        return self._call_and_log(f"{self._calls}/{key}")[0]
+
+    @staticmethod
+    def _call_and_log(folder: str) -> tuple[str | None, SentLog]:
+        """A call folder's id and sent log: call.json's lines and sent.log's, together."""
         try:
-            value = read_json(f"{self._calls}/{key}/call.json").get("callId")
-        except (OSError, ValueError, AttributeError):
-            return None
-        return value if isinstance(value, str) and value else None
+            call = read_call_file(f"{folder}/call.json")
+        except OSError:
+            call_id, log = None, SentLog(frozenset(), frozenset())
+        else:
+            call_id, log = call.call_id, call.log or SentLog(frozenset(), frozenset())
+        return call_id, log | read_log(f"{folder}/sent.log")
 
-    def read(self, key: str, *, call_id: str | None = None) -> CallState | None:
-        """Snapshot a call under its lock; ``None`` if it is gone (completed elsewhere).
+    def call_log(self, folder: str) -> SentLog:
+        return self._call_and_log(folder)[1]
 
-        ``call_id``: the call's id from an earlier read (a key's id never changes)."""
+    def read(self, key: str) -> CallState | None:
+        """Snapshot a call under its lock; ``None`` if it is gone (completed elsewhere)."""
         d = f"{self._calls}/{key}"
         if os.path.exists(f"{self._done}/{key}"):
             self._retire(key)  # a late duplicate recreated the directory
@@ -257,15 +293,16 @@ class Outbox:
                 last = os.stat(d).st_mtime
             except FileNotFoundError:
                 return None
+        call_id, log = self._call_and_log(d)
         return CallState(
             key=key,
-            call_id=call_id or self.call_id(key),
+            call_id=call_id,
             started=started,
             segments=frozenset(found["segment"]),
             chunks=frozenset(found["chunk"]),
             end=end_mtime is not None,
             end_mtime=end_mtime,
-            log=read_log(f"{d}/sent.log"),
+            log=log,
             last_activity=last,
         )
 
@@ -334,11 +371,26 @@ class Outbox:
             self._spares.clear()
 
     def _append(self, key: str, line: str) -> None:
-        self._append_bytes(f"{self._calls}/{key}/sent.log", f"{line}\n".encode())
+        folder = f"{self._calls}/{key}"
+        self._append_bytes(_log_path(folder), f"{line}\n".encode())
 
     def repair_log(self, key: str, log: SentLog) -> None:
         """Rewrite a damaged sent log with the lines that still name an item."""
-        write_atomic(self.calls_dir / key / "sent.log", log.dump())
+        self.rewrite_log(f"{self._calls}/{key}", log)
+
+    @staticmethod
+    def rewrite_log(folder: str, log: SentLog) -> None:
+        """Make ``log`` the whole sent log of a call folder (lock holder only)."""
+        try:
+            call = read_call_file(f"{folder}/call.json")
+        except FileNotFoundError:
+            call = None
+        if call is None or call.log is None:  # a call.json from before: sent.log holds it
+            write_atomic(f"{folder}/sent.log", log.dump())
+            return
+        write_atomic(f"{folder}/call.json", call.head + b"\n" + log.dump())
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(f"{folder}/sent.log")
 
     def dead_letter(
         self,
@@ -380,14 +432,14 @@ class Outbox:
         """Retire a finished call: tombstone first, so late duplicates and other readers skip it."""
         src = f"{self._calls}/{key}"
         tomb = f"{self._done}/{key}"
+        if os.path.exists(f"{self._dead}/{key}"):
+            # What already arrived, so a resend of the dead items skips it.
+            write_atomic(f"{self._dead}/{key}/sent.log", self.call_log(src).dump())
         try:  # the call's own call.json becomes the marker: a rename, where a new file costs
             os.replace(f"{src}/call.json", tomb)  # an inode (slow on busy ext4 without journal)
             os.utime(tomb)  # its age counts from now (recover)
         except OSError:  # no call.json (or Windows has it open): an empty marker then
             touch_new(tomb)
-        if os.path.exists(f"{self._dead}/{key}") and os.path.exists(f"{src}/sent.log"):
-            # What already arrived, so a resend of the dead items skips it.
-            shutil.copyfile(f"{src}/sent.log", f"{self._dead}/{key}/sent.log")
         self._retire(key)
         lock.release()
 

@@ -35,6 +35,9 @@ class SentLog:
                 into.add(item)
         return cls(frozenset(sent), frozenset(dead), damaged)
 
+    def __or__(self, other: SentLog) -> SentLog:
+        return SentLog(self.sent | other.sent, self.dead | other.dead, self.damaged + other.damaged)
+
     def dump(self) -> bytes:
         lines = [str(i) for i in sorted(self.sent)] + [
             DEAD_PREFIX + str(i) for i in sorted(self.dead)

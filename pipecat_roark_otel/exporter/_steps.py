@@ -132,21 +132,19 @@ class Steps:
         (wait, complete, orphan) is taken on a fresh read of the directory."""
         state: CallState | None = None
         end: EndRecord | None = None
-        call_id: str | None = None
         for _ in range(self._opts.session_budget):
             if self._timeout() is None:
                 return Next(self._clock(), True)
             lock.touch()
             fresh = state is None
             if state is None:
-                state = self.outbox.read(key, call_id=call_id)
+                state = self.outbox.read(key)
                 if state is None:
                     return DONE
                 if state.log.damaged:
                     self._repair_log(key, state)
                 # Only we move an end record away, and a present one is never replaced.
                 end = end if end is not None and state.end else self._end(key, state)
-                call_id = state.call_id
             result = self._one(key, state, end, lock, fresh=fresh)
             if isinstance(result, ItemId):
                 state = state.delivered(result, time.time())
