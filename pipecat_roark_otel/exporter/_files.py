@@ -38,14 +38,18 @@ def tmp_name(path: StrPath) -> str:
     return os.path.join(head, f"{TMP_PREFIX}{os.getpid()}-{secrets.token_hex(6)}-{name}")
 
 
+def _write_tmp(tmp: str, data: bytes | memoryview) -> None:
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _CLOEXEC | _BINARY, _FILE_MODE)
+    try:
+        write_all(fd, data)
+    finally:
+        os.close(fd)
+
+
 def write_atomic(path: StrPath, data: bytes | memoryview) -> None:
     tmp = tmp_name(path)
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _CLOEXEC | _BINARY, _FILE_MODE)
-        try:
-            write_all(fd, data)
-        finally:
-            os.close(fd)
+        _write_tmp(tmp, data)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -57,11 +61,7 @@ def write_new(path: StrPath, data: bytes | memoryview) -> None:
     """``write_atomic`` that never replaces: a file already at ``path`` stays as it is."""
     tmp = tmp_name(path)
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _CLOEXEC | _BINARY, _FILE_MODE)
-        try:
-            write_all(fd, data)
-        finally:
-            os.close(fd)
+        _write_tmp(tmp, data)
         try:
             os.link(tmp, path)
         except FileExistsError:

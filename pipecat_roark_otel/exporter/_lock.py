@@ -85,6 +85,18 @@ def resolve_mode(mode: LockMode) -> Literal["flock", "excl"]:
     return mode
 
 
+def _still_there(path: str | Path, fd: int) -> bool:
+    """Whether ``path`` still names the inode we locked through ``fd``; closes ``fd`` if not
+    (a lock on a stale inode excludes nobody)."""
+    try:
+        same = os.stat(path).st_ino == os.fstat(fd).st_ino
+    except FileNotFoundError:
+        same = False
+    if not same:
+        os.close(fd)
+    return same
+
+
 def lock_folder(path: str) -> CallLock | None:
     """flock on the folder at ``path``, or ``None`` if another thread or process holds it
     (or the folder was retired meanwhile). Raises ``FileNotFoundError`` if there is no
@@ -97,12 +109,7 @@ def lock_folder(path: str) -> CallLock | None:
         if exc.errno in _BUSY:
             return None
         raise FolderLockUnsupported(str(exc)) from None
-    try:  # retired (renamed away) and made again since we opened it: ours is a stale inode
-        same = os.stat(path).st_ino == os.fstat(fd).st_ino
-    except FileNotFoundError:
-        same = False
-    if not same:
-        os.close(fd)
+    if not _still_there(path, fd):  # retired (renamed away) and made again since we opened it
         return None
     return CallLock(path, fd, "folder")
 
@@ -118,12 +125,7 @@ def try_lock(
         except OSError:
             os.close(fd)
             return None
-        try:  # the holder before us may have unlinked it: then ours is a stale inode
-            same = os.stat(path).st_ino == os.fstat(fd).st_ino
-        except FileNotFoundError:
-            same = False
-        if not same:
-            os.close(fd)
+        if not _still_there(path, fd):  # the holder before us unlinked it
             return None
         return CallLock(os.fspath(path), fd, "flock")
     try:
