@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import os
 import socket
 import ssl
 import threading
@@ -403,6 +404,18 @@ def test_a_presigned_put_is_sent_byte_exact_with_no_key(
     c.close()
     assert server.requests == [b"PUT /bucket/a%2Fb.pcm?X-Sig=a%2Bb&e=1 HTTP/1.1"]
     assert server.bodies == [pcm]
+
+
+def test_a_put_larger_than_the_socket_buffers_is_sent_whole_and_in_order(
+    tmp_path: Path, servers: list[TinyServer]
+) -> None:
+    server, c = serve(servers, tmp_path)
+    pcm = os.urandom(8 * 1024 * 1024)  # the kernel takes it in several sends
+    for n in range(2):  # and the kept-alive connection is still in step after
+        assert c.put_chunk(f"{server.url}/up/{n}?X-Sig=a", pcm[n:]).status == 200
+    c.close()
+    assert server.bodies == [pcm, pcm[1:]]
+    assert server.connections == 1
 
 
 def test_no_proxy_sends_direct_even_with_a_proxy_set(

@@ -3,8 +3,9 @@
 Delivery sends a few requests per call from threads sharing one GIL, and against a fast
 receiver it is CPU work: ``httpx.Client`` around ``http.client`` (its header parsing goes
 through the ``email`` package) was more than half of it. This client writes each request
-with one ``sendall`` and parses the reply itself: status line, headers, a body by
-Content-Length, chunked or up to the close. Connections are pooled per origin; one idle
+with one send (an audio chunk gathered with its head, not copied into one message) and
+parses the reply itself: status line, headers, a body by Content-Length, chunked or up to
+the close. Connections are pooled per origin; one idle
 for a while is dropped if the server closed it, and a request that meets a reused
 connection closed under it (no reply byte yet) is sent once more on a fresh one. Per
 request: one send, the reads, and no other system call (each lets the GIL go).
@@ -30,6 +31,8 @@ _MAX_BODY: Final = 16 * 1024 * 1024  # replies are small JSON; anything larger i
 _RECV: Final = 65536
 _DEFAULT_PORTS: Final = {"http": 80, "https": 443}
 _NO_BODY: Final = frozenset({204, 304})
+_GATHER: Final = hasattr(socket.socket, "sendmsg")  # not on Windows
+_GATHER_FROM: Final = 16 * 1024  # bytes of body: below, one joined sendall costs less
 
 Origin = tuple[str, str, int]  # scheme, host as sent (IDNA), port
 # Per phase, as httpx names them: connect, write, read.
@@ -221,6 +224,21 @@ def _readable(sock: socket.socket) -> bool:
         return True
 
 
+def _send(sock: socket.socket, head: bytes, body: bytes) -> None:
+    """Head and a large body gathered by the kernel (``sendmsg``), not joined into one
+    copy first; a TLS socket has no ``sendmsg``, and small bodies join for less."""
+    if len(body) < _GATHER_FROM or isinstance(sock, ssl.SSLSocket) or not _GATHER:
+        sock.sendall(head + body)
+        return
+    parts = [memoryview(head), memoryview(body)]
+    while parts:
+        sent = sock.sendmsg(parts)
+        while parts and sent >= len(parts[0]):
+            sent -= len(parts.pop(0))
+        if sent:
+            parts[0] = parts[0][sent:]
+
+
 class Http11:
     """Thread-safe: each connection serves one request at a time, idle ones wait in a pool."""
 
@@ -233,14 +251,14 @@ class Http11:
     def request(self, origin: Origin, head: bytes, body: bytes, timeouts: Timeouts) -> WireReply:
         """``head``: the request line and headers, each ending in CRLF, without the blank
         line and without Content-Length (added here)."""
-        message = b"%sContent-Length: %d\r\n\r\n%s" % (head, len(body), body)
+        head = b"%sContent-Length: %d\r\n\r\n" % (head, len(body))
         connect, write, read = timeouts
         sock, reused = self._checkout(origin, connect)
         while True:
             reader, phase = _Reader(sock), "write"
             try:
                 _timeout(sock, write)
-                sock.sendall(message)
+                _send(sock, head, body)
                 _timeout(sock, read)
                 phase = "read"
                 reply, reusable = _read_reply(reader)
