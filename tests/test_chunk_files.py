@@ -62,6 +62,17 @@ def test_a_delivered_chunk_file_is_written_over_by_the_next_chunk(outbox: Outbox
     ]
 
 
+def test_a_new_call_s_first_chunk_takes_a_spare_too(outbox: Outbox) -> None:
+    outbox.put_chunk(CALL, 0, b"\x01" * 5000)
+    inode = chunk_file(outbox, 0).stat().st_ino
+    outbox.mark_sent(call_key(CALL), chunk(0))
+    outbox.put_chunk("other", 0, b"\x02" * 100)  # its folder and call.json made first
+    first = outbox.calls_dir / call_key("other") / "chunk-000000.pcm"
+    assert first.stat().st_ino == inode
+    assert outbox.load_chunk(call_key("other"), 0) == b"\x02" * 100
+    assert outbox.call_id(call_key("other")) == "other"
+
+
 def test_spare_files_are_bounded_and_a_dead_process_s_are_removed(outbox: Outbox) -> None:
     key = call_key(CALL)
     for i in range(KEPT + 3):

@@ -206,10 +206,12 @@ def test_spool_dir_and_everything_below_it_is_private(tmp_path: Path) -> None:
         outbox.put_started("c1", {"pipecatCallId": "c1"})
         outbox.put_chunk("c1", 0, b"\0\0", sample_rate=16000, num_channels=2)
         outbox.dead_letter(call_key("c1"), [chunk(0)], status=422, message="no", now=0.0)
+        outbox.put_chunk("c1", 1, b"\0\0")
+        outbox.mark_sent(call_key("c1"), chunk(1))  # its file kept aside for the next chunk
     finally:
         os.umask(old)
     dirs = [spool, *(p for p in spool.rglob("*") if p.is_dir())]
-    assert len(dirs) >= 5
+    assert len(dirs) >= 5 and outbox.spare_dir in dirs
     for d in dirs:
         assert stat.S_IMODE(d.stat().st_mode) == 0o700, d
 

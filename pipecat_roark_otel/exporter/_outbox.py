@@ -213,8 +213,8 @@ class Outbox:
                 mkdir_private(d)
                 if not (d / "call.json").exists():
                     # Never replaced once there: the lock holder may be appending to it.
-                    write = self._write if self._write is not write_atomic else write_new
-                    write(d / "call.json", call_file_bytes(call_id))
+                    once = self._write if self._write is not write_atomic else write_new
+                    once(d / "call.json", call_file_bytes(call_id))
                 (write or self._write)(target, data)
                 return True
             except FileNotFoundError:
