@@ -213,6 +213,32 @@ def test_writes_landing_while_a_session_delivers_go_out_once_in_order(
     assert engine.stats()["calls_completed"] == 1
 
 
+def test_a_chunk_landing_while_call_ended_goes_out_is_sent_not_retired(
+    tmp_path: Path, engines: Callable[..., Engine]
+) -> None:
+    """The session completes a call without reading it all again, but only if its folder
+    holds nothing new: a chunk written during the call-ended request still goes out late."""
+    fake = FakeRoark()
+    holder: list[Engine] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        reply = fake(request)
+        if request.url.path.endswith("/pipecat") and json.loads(request.content)["event"] == (
+            "call-ended"
+        ):
+            holder[0].put_chunk("c1", 0, PCM, sample_rate=16000, num_channels=2)
+        return reply
+
+    engine = engines(tmp_path / "spool", BASE, transport=httpx.MockTransport(handler))
+    holder.append(engine)
+    engine.put_started("c1", started("c1"))
+    engine.put_segment("c1", 0, segment("hi"))
+    engine.put_end("c1", end("c1"))
+    assert engine.force_flush(5)
+    assert fake.kinds() == ["call-started", "call-ended", "presign", "put"]
+    assert engine.outbox.pending_keys() == []
+
+
 def test_headers_key_on_api_and_none_on_presigned_put(
     tmp_path: Path, engines: Callable[..., Engine]
 ) -> None:

@@ -144,6 +144,28 @@ def test_a_call_without_call_json_still_gets_a_tombstone(outbox: Outbox) -> None
     assert not outbox.put_started(CALL, STARTED_BODY)
 
 
+def test_holds_only_sees_any_new_item_or_a_write_in_progress(outbox: Outbox) -> None:
+    key = call_key(CALL)
+    folder = outbox.calls_dir / key
+    outbox.put_started(CALL, STARTED_BODY)
+    outbox.put_chunk(CALL, 0, b"pcm", sample_rate=16000, num_channels=2)
+    state = outbox.read(key)
+    assert state is not None and outbox.holds_only(key, state)
+    lock = outbox.try_lock(key)
+    assert lock is not None
+    outbox.mark_sent(key, chunk(0))
+    lock.release()
+    assert not outbox.holds_only(key, state)  # the snapshot still counts chunk 0
+    state = state.delivered(chunk(0), time.time())
+    assert outbox.holds_only(key, state)
+    (folder / ".tmp-1-ab-seg-000000.json").write_bytes(b"{")  # a writer mid-write
+    assert not outbox.holds_only(key, state)
+    (folder / ".tmp-1-ab-seg-000000.json").unlink()
+    outbox.put_segment(CALL, 0, {"entries": []})
+    assert not outbox.holds_only(key, state)
+    assert not outbox.holds_only(call_key("gone"), state)
+
+
 def test_zombie_directory_after_completion_is_cleared_on_read(outbox: Outbox) -> None:
     key = call_key(CALL)
     lock = outbox.try_lock(key)

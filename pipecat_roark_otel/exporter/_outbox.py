@@ -65,6 +65,7 @@ _STALE_TMP_S: Final = 600.0
 _TOMBSTONE_TTL_S: Final = 7 * 24 * 3600.0
 _REASON_MAX: Final = 500
 _KEY_LEN: Final = 32
+_NOT_ITEMS: Final = frozenset({"call.json", "sent.log", "audio.json"})
 
 Write = Callable[[StrPath, bytes | memoryview], None]
 
@@ -305,6 +306,23 @@ class Outbox:
             log=log,
             last_activity=last,
         )
+
+    def holds_only(self, key: str, state: CallState) -> bool:
+        """Whether the call's folder holds exactly the items of ``state`` (by name, under the
+        lock): nothing arrived since, no write in progress."""
+        try:
+            names = os.listdir(f"{self._calls}/{key}")
+        except FileNotFoundError:
+            return False
+        found = set()
+        for name in names:
+            if name in _NOT_ITEMS:
+                continue
+            item = ItemId.from_filename(name)
+            if item is None:  # a tmp file: a write in progress; or something unknown
+                return False
+            found.add(item)
+        return found == state.items()
 
     def load_json(self, key: str, item: ItemId) -> Any:
         return read_json(f"{self._calls}/{key}/{item.filename}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Final
 
-from ._items import ItemId
+from ._items import ENDED, STARTED, ItemId, chunk, segment
 
 DEAD_PREFIX: Final = "dead "
 
@@ -66,6 +66,11 @@ class CallState:
     @property
     def dead(self) -> frozenset[ItemId]:
         return self.log.dead
+
+    def items(self) -> set[ItemId]:
+        """The item files this snapshot saw, less the chunks delivered since."""
+        found = {chunk(i) for i in self.chunks} | {segment(i) for i in self.segments}
+        return found | {i for i, there in ((STARTED, self.started), (ENDED, self.end)) if there}
 
     def done(self, item: ItemId) -> bool:
         """Delivered or dead-lettered: either way nothing more to do for it."""

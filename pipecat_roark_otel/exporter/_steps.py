@@ -129,7 +129,8 @@ class Steps:
     def _steps(self, key: str, lock: CallLock) -> Next:
         """Up to the session budget of steps. Only we (the lock holder) write the sent log, so
         a delivery advances the snapshot in memory; any decision other than the next send
-        (wait, complete, orphan) is taken on a fresh read of the directory."""
+        (wait, complete, orphan) is taken on a fresh look at the directory: a full read, or
+        for completing, its names (``Outbox.holds_only``)."""
         state: CallState | None = None
         end: EndRecord | None = None
         for _ in range(self._opts.session_budget):
@@ -160,8 +161,11 @@ class Steps:
         now = self._clock()
         opts = self._opts
         action = plan(state, end, now, grace=opts.grace_period, orphan=opts.orphan_timeout)
-        if not fresh and action.kind not in _SENDS:
-            return None  # read the directory again before deciding
+        stale = not fresh and action.kind not in _SENDS
+        # Decide on what the directory holds now. Completing needs only its names: the same
+        # items and nothing new (reading it all again costs about as much as a send).
+        if stale and (action.kind != "complete" or not self.outbox.holds_only(key, state)):
+            return None
         if action.kind == "complete":
             self.outbox.complete(key, lock)
             self._stats.add("calls_completed")
