@@ -8,6 +8,9 @@ from __future__ import annotations
 import dataclasses
 import mmap
 import os
+import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -171,3 +174,79 @@ def test_shutdown_leaves_no_spare_file_behind(tmp_path: Path, roark: LocalRoark)
     wait_until(lambda: bool(spares(engine.outbox)), what="a spare file")
     engine.shutdown(2.0)
     assert spares(engine.outbox) == []
+
+
+# argv: key base_url spool; stdin: the two chunks in hex. Delivers chunk 0, waits for a
+# line (the parent takes Roark down meanwhile), persists chunk 1 over chunk 0's file (the
+# call's end record makes its audio durable first), prints both inodes and dies.
+KILLED_AFTER_PERSIST = """
+import mmap, os, signal, sys, time
+from pathlib import Path
+from pipecat_roark_otel.config import RoarkSettings
+from pipecat_roark_otel.exporter._engine import Engine
+from pipecat_roark_otel.exporter._outbox import call_key
+key, base, spool = sys.argv[1:]
+e = Engine(RoarkSettings(api_key=key, base_url=base, spool_dir=Path(spool)))
+def mapped(data):
+    m = mmap.mmap(-1, len(data))
+    m.write(data)
+    return memoryview(m).toreadonly()
+parts = [bytes.fromhex(h) for h in sys.stdin.readline().split()]
+e.put_started("killed", {"event": "call-started", "pipecatCallId": "killed",
+    "eventTimestamp": "2025-01-01T00:00:00+00:00", "agentId": "a"})
+assert e.submit_chunk("killed", 0, mapped(parts[0]), sample_rate=16000, num_channels=2)
+spare = e.outbox.spare_dir
+deadline = time.monotonic() + 20
+while not (spare.is_dir() and any(spare.iterdir())):
+    assert time.monotonic() < deadline, "chunk 0 was never delivered"
+    time.sleep(0.01)
+kept = next(spare.iterdir()).stat().st_ino
+print("delivered", flush=True)
+sys.stdin.readline()
+assert e.submit_chunk("killed", 1, mapped(parts[1]), sample_rate=16000, num_channels=2)
+e.put_end("killed", {"segments": 0, "chunks": 2, "payload": {"event": "call-ended",
+    "pipecatCallId": "killed", "eventTimestamp": "2025-01-01T00:01:00+00:00",
+    "callStartedAt": "2025-01-01T00:00:00+00:00", "callEndedAt": "2025-01-01T00:01:00+00:00",
+    "callEndedReason": "agent-ended", "recordingSampleRate": 16000, "recordingNumChannels": 2}})
+written = (e.outbox.calls_dir / call_key("killed") / "chunk-000001.pcm").stat().st_ino
+print(kept, written, flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+@pytest.mark.skipif(os.name != "posix", reason="needs SIGKILL")
+def test_a_chunk_written_over_a_spare_survives_a_kill_before_its_put(
+    tmp_path: Path, roark: LocalRoark
+) -> None:
+    spool = tmp_path / "spool"
+    parts = [os.urandom(50_000), os.urandom(30_001)]
+    child = subprocess.Popen(
+        [sys.executable, "-c", KILLED_AFTER_PERSIST, KEY, roark.base_url, str(spool)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert child.stdin is not None and child.stdout is not None
+    child.stdin.write(" ".join(p.hex() for p in parts) + "\n")
+    child.stdin.flush()
+    assert child.stdout.readline().strip() == "delivered"
+    roark.faults.set_down(True)  # chunk 1 is never PUT by the child
+    child.stdin.write("\n")
+    child.stdin.flush()
+    kept, written = child.stdout.readline().split()
+    assert child.wait(30) == -signal.SIGKILL, child.stderr.read() if child.stderr else ""
+    assert kept == written  # chunk 1 went to disk over chunk 0's file
+    assert set((roark.call("killed") or {}).get("chunks") or {}) == {0}
+    roark.faults.set_down(False)
+    settings = RoarkSettings(api_key=KEY, base_url=roark.base_url, spool_dir=spool)
+    engine = Engine(settings, options=FAST)
+    try:
+        assert engine.force_flush(20)
+        call = roark.wait_for_call_ended("killed", timeout=10)
+        assert call["missing_chunks"] == [] and call["chunks"] == {0: 50_000, 1: 30_001}
+        wav = roark.wav_bytes("killed")
+        assert wav is not None and wav.endswith(parts[0] + parts[1])
+        assert call["duplicates"]["chunks"] == {}
+    finally:
+        engine.shutdown(2.0)
