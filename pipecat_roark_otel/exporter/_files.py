@@ -122,6 +122,18 @@ def read_bytes(path: StrPath) -> bytes:
     return parts[0] if len(parts) == 1 else b"".join(parts)  # b"" when empty
 
 
+def ends_in_newline(path: StrPath) -> bool:
+    """Whether the file's last byte is a newline (False when empty); reads only that byte."""
+    fd = os.open(path, _READ)
+    try:
+        os.lseek(fd, -1, os.SEEK_END)
+        return os.read(fd, 1) == b"\n"
+    except OSError:  # empty: no last byte to seek to
+        return False
+    finally:
+        os.close(fd)
+
+
 def dumps(obj: Any) -> bytes:
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
 

@@ -45,6 +45,7 @@ from ._files import (
     append_line,
     call_file_bytes,
     dumps,
+    ends_in_newline,
     mkdir_private,
     read_bytes,
     read_call_file,
@@ -95,17 +96,10 @@ def _log_path(folder: str) -> str:
     newline), sent.log for a call.json from before (or none)."""
     path = f"{folder}/call.json"
     try:
-        fd = os.open(path, os.O_RDONLY)
+        holds_log = ends_in_newline(path)
     except FileNotFoundError:
-        return f"{folder}/sent.log"
-    try:
-        os.lseek(fd, -1, os.SEEK_END)
-        last = os.read(fd, 1)
-    except OSError:  # empty: no last byte to seek to
-        last = b""
-    finally:
-        os.close(fd)
-    return path if last == b"\n" else f"{folder}/sent.log"
+        holds_log = False
+    return path if holds_log else f"{folder}/sent.log"
 
 
 def is_key(text: str) -> bool:
