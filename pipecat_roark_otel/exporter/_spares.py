@@ -19,7 +19,7 @@ from typing import Final
 
 from ._files import StrPath, write_atomic, write_over
 
-KEPT: Final = 64  # 16 MB of disk at 256 KiB chunks
+KEPT: Final = 64  # 16 MiB of disk at 256 KiB chunks
 
 
 class Spares:
@@ -41,7 +41,7 @@ class Spares:
             for _ in range(2):
                 try:
                     os.replace(path, spare)
-                except FileNotFoundError:  # no folder yet (or recover removed it)
+                except FileNotFoundError:  # no folder yet (or someone removed it)
                     with contextlib.suppress(OSError):
                         os.mkdir(self._folder, 0o700)
                     continue
