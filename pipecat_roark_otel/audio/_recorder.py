@@ -39,6 +39,11 @@ _BATCH_BYTES: Final = 8 * 1024
 # 1.0-1.1 MB/call of extra RSS against 0.6 this way, for the same CPU.
 _SOXR_PIECE: Final = 2048  # samples
 _NO_SAMPLES: Final = np.zeros(0, dtype=np.int16)
+# Private, not shared: an anonymous shared mapping is shmem, dearer to fault in and to unmap
+# (map, fill and unmap 256 KiB: 76 against 100-109 µs). Windows has no flags.
+_PRIVATE: Final[dict[str, int]] = (
+    {"flags": mmap.MAP_PRIVATE} if hasattr(mmap, "MAP_PRIVATE") else {}
+)
 _ZEROS: Final = memoryview(bytes(64 * 1024))
 
 
@@ -114,7 +119,7 @@ class _Chunk:
     def _grow(self, count: int) -> None:
         """A mapping for at least ``count`` samples, what is written so far carried over."""
         nbytes = max(2 * count, 4 * len(self.samples), self.capacity)
-        mapped = mmap.mmap(-1, nbytes)
+        mapped = mmap.mmap(-1, nbytes, **_PRIVATE)
         samples = np.frombuffer(mapped, dtype=np.int16)
         old = self.samples
         if len(old):  # a long pause padded in one go outgrew the mapping
