@@ -94,6 +94,24 @@ def test_spare_files_are_bounded_and_a_dead_process_s_are_removed(outbox: Outbox
     assert len(list(outbox.spare_dir.iterdir())) == 1
 
 
+def test_a_spare_outlives_a_write_into_a_folder_retired_under_it(outbox: Outbox) -> None:
+    # The call's folder can be retired between the outbox making it and the chunk's write
+    # (``_put`` retries); the spare it was about to use must stay kept, not be dropped.
+    kept = outbox._spares
+    assert kept is not None
+    outbox.put_chunk(CALL, 0, b"\x01" * 500)
+    inode = chunk_file(outbox, 0).stat().st_ino
+    outbox.mark_sent(call_key(CALL), chunk(0))
+    gone = outbox.calls_dir / "retired-under-us" / "chunk-000000.pcm"
+    with pytest.raises(FileNotFoundError):
+        kept.write(gone, b"\x02" * 500)
+    assert [p.stat().st_ino for p in spares(outbox)] == [inode]
+    outbox.put_chunk("other", 0, b"\x03" * 500)
+    other = outbox.calls_dir / call_key("other") / "chunk-000000.pcm"
+    assert other.stat().st_ino == inode  # still reused
+    assert outbox.load_chunk(call_key("other"), 0) == b"\x03" * 500
+
+
 def test_two_outboxes_on_one_spool_never_share_a_spare(tmp_path: Path) -> None:
     mine, theirs = Outbox(tmp_path / "spool"), Outbox(tmp_path / "spool")
     mine.put_chunk(CALL, 0, b"\x01" * 100)

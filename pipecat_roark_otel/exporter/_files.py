@@ -75,11 +75,14 @@ def write_new(path: StrPath, data: bytes | memoryview) -> None:
 
 def write_over(old: StrPath, path: StrPath, data: bytes | memoryview) -> bool:
     """``write_atomic`` into the file ``old`` (moved, then overwritten): no new inode.
-    False, with nothing written, if ``old`` is gone."""
+    False, with nothing written, if ``old`` is gone; ``FileNotFoundError``, with ``old``
+    left where it is, if ``path``'s folder is gone (as ``write_atomic`` would)."""
     tmp = tmp_name(path)
     try:
         os.replace(old, tmp)
     except FileNotFoundError:
+        if os.path.lexists(old):
+            raise
         return False
     try:
         # No O_TRUNC: ext4 flushes a file truncated to zero when it is closed (auto_da_alloc).

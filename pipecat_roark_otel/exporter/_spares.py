@@ -78,5 +78,10 @@ class Spares:
             if spare is None:
                 write_atomic(path, data)
                 return
-            if write_over(spare, path, data):
-                return
+            try:
+                if write_over(spare, path, data):
+                    return
+            except FileNotFoundError:  # the target's folder, retired under us: spare kept
+                with self._lock:
+                    self._kept.append(spare)
+                raise
