@@ -50,6 +50,8 @@ class CallLock:
         self._fd = fd
         self._mode = mode
         self._released = False
+        if fd is not None:
+            _held[fd] = self
 
     def touch(self) -> None:
         """Keep an O_EXCL lock from looking stale during a long session."""
@@ -67,14 +69,40 @@ class CallLock:
             with contextlib.suppress(OSError):
                 os.unlink(self._path)
         if self._fd is not None:
+            _held.pop(self._fd, None)
             os.close(self._fd)
             self._fd = None
+
+    def _drop_inherited(self) -> None:
+        """In a forked child: close our copy of the parent's descriptor, unlocking nothing."""
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = None
+        self._released = True
 
     def __enter__(self) -> CallLock:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+# The locks this process holds by descriptor. A child forked meanwhile (multiprocessing's
+# "fork", a pre-forking server) shares each one's open file description, and a flock lasts
+# until every copy is closed: a long-lived child would keep the call locked after the
+# parent lets go (a folder is never unlinked and remade as a lock file is).
+_held: dict[int, CallLock] = {}
+
+
+def _close_inherited() -> None:
+    for lock in list(_held.values()):
+        lock._drop_inherited()
+    _held.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_inherited)
 
 
 def resolve_mode(mode: LockMode) -> Literal["flock", "excl"]:
