@@ -254,10 +254,15 @@ class Delivery:
                 while self._handoff.persist_one():
                     pass
                 mono = time.monotonic()
+                shut = self._gate.shut
                 with s.lock:
-                    rescan = s.rescan_asked or mono >= next_rescan
-                if rescan:
-                    self._rescan()
+                    asked = s.rescan_asked
+                    # Roark is down and a call of ours waits to probe it: a rescan (a stat
+                    # per waiting call) could let nothing go. The probe's success asks one.
+                    skip = shut and s.has_pending_locked()
+                if asked or mono >= next_rescan:
+                    if asked or not skip:
+                        self._rescan()
                     next_rescan = mono + self._opts.rescan_interval
             now = self._clock()
             gate, gate_at = self._gate.state(now)
@@ -301,6 +306,7 @@ class Delivery:
             self._steps.forget_attempts()
             with self._sched.lock:
                 self._sched.release_all_locked(self._clock())
+                self._sched.rescan_asked = True  # what others wrote meanwhile goes too
         s = self._sched
         with s.lock:
             if self._idle_locked():

@@ -121,6 +121,12 @@ class Gate:
             return recovered
 
     @property
+    def shut(self) -> bool:
+        """Roark is down or refuses the key: only probes go out."""
+        with self._lock:
+            return self._down_since is not None or self._auth_since is not None
+
+    @property
     def auth_paused(self) -> bool:
         with self._lock:
             return self._auth_since is not None

@@ -58,6 +58,10 @@ class Scheduler:
         self._in_flight: set[str] = set()
         self._redo: set[str] = set()  # touched while in flight: look again at once
         self._backoff_until: dict[str, float] = {}
+        # The call handed out to probe a shut gate. Until it is back no other call goes: the
+        # gate reads "probe" until its worker claims the probe, and handing out a call per
+        # look meanwhile cycled every waiting call through a session each probe interval.
+        self._probe: str | None = None
         self._lanes = max(1, lanes)
         self._slow = slow_request
         self._working = 0  # workers between take() and finish()
@@ -98,6 +102,9 @@ class Scheduler:
 
     # -- the dispatching thread ----------------------------------------------------------
 
+    def has_pending_locked(self) -> bool:
+        return bool(self._pending or self.dirty)
+
     def apply_rescan(self, sigs: dict[str, int | None], now: float) -> None:
         """What the disk holds now: calls whose folder changed are due."""
         with self.lock:
@@ -116,6 +123,8 @@ class Scheduler:
         for key in self.dirty:
             self._schedule_locked(key, now, pending=True)
         self.dirty.clear()
+        if gate == "probe" and self._probe is not None:
+            gate, gate_at = "closed", now + _FAR  # its finish() wakes us
         budget = 1 if gate == "probe" else (0 if gate == "closed" else len(self._heap))
         while self._heap and budget > 0:
             when, key = self._heap[0]
@@ -129,6 +138,8 @@ class Scheduler:
             self._in_flight.add(key)
             self._ready.append(key)
             budget -= 1
+            if gate == "probe":
+                self._probe = key
         if self._ready:
             self.work_cv.notify(min(len(self._ready), self._lanes))
         wake = self._heap[0][0] if self._heap else now + _FAR
@@ -201,6 +212,8 @@ class Scheduler:
         with self.lock:
             self._working -= 1  # no wake-up for its lane: this worker takes the next call itself
             self._in_flight.discard(key)
+            if key == self._probe:
+                self._probe = None
             if sig is None and result.when is None:
                 self._forget_locked(key)  # nothing new for the dispatcher: let it sleep
             else:
