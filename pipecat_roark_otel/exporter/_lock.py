@@ -2,9 +2,11 @@
 
 Where ``flock`` is available a call is locked by flock on its own folder: nothing is
 created or removed per lock (a new file costs an inode, slow on a busy ext4 without a
-journal). A filesystem that cannot flock a folder (NFS emulates flock with byte-range
-locks, which need a file open for writing) falls back to a lock file per call, as does
-``excl`` mode (O_EXCL lock files, for platforms without flock).
+journal). A filesystem that cannot flock a folder falls back to a lock file per call, as
+does ``excl`` mode (O_EXCL lock files, for platforms without flock). So does a network
+filesystem: Linux's NFS client has no flock for folders, so one succeeds but only locks
+this host, where a lock file's flock reaches the server (its byte-range emulation) and
+excludes the other hosts sharing the spool.
 """
 
 from __future__ import annotations
@@ -125,10 +127,46 @@ def _still_there(path: str | Path, fd: int) -> bool:
     return same
 
 
+# Filesystems shared between hosts: a folder's flock there excludes only this host.
+_NETWORK_FS: Final = frozenset(
+    {"nfs", "nfs4", "cifs", "smb3", "smbfs", "ceph", "9p", "afs", "lustre", "gpfs", "glusterfs"}
+)
+_MOUNTINFO = "/proc/self/mountinfo"
+_network_parents: dict[str, bool] = {}  # a call folder's parent -> on a network filesystem
+
+
+def fs_type(dev: int) -> str | None:
+    """The filesystem type of device ``dev`` (``st_dev``) from the mount table; None where
+    there is none to read (not Linux)."""
+    want = f"{os.major(dev)}:{os.minor(dev)}".encode()
+    try:
+        with open(_MOUNTINFO, "rb") as table:
+            for line in table:
+                fields = line.split()
+                if len(fields) > 2 and fields[2] == want and b"-" in fields:
+                    return fields[fields.index(b"-") + 1].decode(errors="replace")
+    except (OSError, IndexError):
+        return None
+    return None
+
+
+def _on_network_fs(folder: str) -> bool:
+    parent = os.path.dirname(folder)
+    known = _network_parents.get(parent)
+    if known is None:
+        kind = fs_type(os.stat(parent).st_dev) or ""
+        known = kind in _NETWORK_FS or kind.startswith("fuse.")
+        _network_parents[parent] = known
+    return known
+
+
 def lock_folder(path: str) -> CallLock | None:
     """flock on the folder at ``path``, or ``None`` if another thread or process holds it
     (or the folder was retired meanwhile). Raises ``FileNotFoundError`` if there is no
-    folder, :class:`FolderLockUnsupported` if its filesystem cannot lock it."""
+    folder, :class:`FolderLockUnsupported` if its filesystem cannot lock it (for every
+    host sharing it)."""
+    if _on_network_fs(path):
+        raise FolderLockUnsupported(f"{os.path.dirname(path)} is on a network filesystem")
     fd = os.open(path, _FOLDER)
     try:
         _flock_nb(fd)
