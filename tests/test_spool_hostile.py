@@ -61,12 +61,6 @@ def _deliver_a_call(engine: Engine, parts: list[bytes]) -> None:
     engine.put_end(CALL, {"segments": 0, "chunks": len(parts), "payload": payload})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Spares.keep lets an OSError other than FileNotFoundError (spare/ not a folder, "
-    "not writable) out of mark_sent after the log line: the call is paused as 'cannot "
-    "record a delivery' for ever; keep should unlink the delivered file instead",
-)
 def test_a_spare_folder_that_is_a_file_never_stops_a_call(
     spool: Path, engine: Engine, roark: LocalRoark
 ) -> None:

@@ -45,6 +45,8 @@ class Spares:
                     with contextlib.suppress(OSError):
                         os.mkdir(self._folder, 0o700)
                     continue
+                except OSError:  # not a folder, not writable: the file just goes
+                    break
                 with self._lock:
                     self._kept.append(spare)
                 return
