@@ -62,3 +62,10 @@ def test_export() -> None:
     for top in (doc["receiver_ceiling"], doc["local_roark_ceiling"]):
         assert top["ok_requests"] == top["requests"] > 0
     assert doc["latency"]["whole_call"]["median_ms"] > 0
+
+
+def test_outage() -> None:
+    doc = _run("outage")
+    (result,) = doc["results"]
+    assert result["calls"] == 100 and result["pending"] == 100  # all still waiting
+    assert 0 <= result["cpu_ms_per_s"] < 100
