@@ -19,7 +19,6 @@ from pipecat_roark_otel.devserver import LocalRoark
 from pipecat_roark_otel.exporter import deadletters
 from pipecat_roark_otel.exporter._engine import Engine
 from pipecat_roark_otel.exporter._outbox import LAYOUT, call_key
-from pipecat_roark_otel.exporter._payloads import CallStarted
 
 from .support import FAST
 from .test_delivery import end, segment, started
@@ -44,21 +43,10 @@ def engine(spool: Path, roark: LocalRoark) -> Iterator[Engine]:
 
 
 def _deliver_a_call(engine: Engine, parts: list[bytes]) -> None:
-    body = CallStarted(pipecatCallId=CALL, eventTimestamp=TS, agentId="agent-1").wire()
-    engine.put_started(CALL, body)
+    engine.put_started(CALL, started(CALL))
     for i, part in enumerate(parts):
-        assert engine.submit_chunk(CALL, i, part, sample_rate=16000, num_channels=1)
-    payload = {
-        "event": "call-ended",
-        "pipecatCallId": CALL,
-        "eventTimestamp": "2025-01-01T00:01:00+00:00",
-        "callStartedAt": TS,
-        "callEndedAt": "2025-01-01T00:01:00+00:00",
-        "callEndedReason": "agent-ended",
-        "recordingSampleRate": 16000,
-        "recordingNumChannels": 1,
-    }
-    engine.put_end(CALL, {"segments": 0, "chunks": len(parts), "payload": payload})
+        assert engine.submit_chunk(CALL, i, part, sample_rate=16000, num_channels=2)
+    engine.put_end(CALL, end(CALL, segments=0, chunks=len(parts)))
 
 
 def test_a_spare_folder_that_is_a_file_never_stops_a_call(
