@@ -10,10 +10,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
-from pipecat_roark_otel.exporter import _lock, deadletters
+from pipecat_roark_otel.exporter import _lock, _outbox, deadletters
 from pipecat_roark_otel.exporter._dead import DeadLetters
 from pipecat_roark_otel.exporter._files import write_new
 from pipecat_roark_otel.exporter._items import ENDED, STARTED, chunk, segment
@@ -178,17 +179,33 @@ def test_zombie_directory_after_completion_is_cleared_on_read(outbox: Outbox) ->
     assert not zombie.exists()
 
 
-def test_leftover_tmp_files_are_ignored_then_cleaned(outbox: Outbox) -> None:
+def test_leftover_tmp_files_are_ignored_then_cleaned(
+    outbox: Outbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
     key = call_key(CALL)
     outbox.put_started(CALL, STARTED_BODY)
     tmp = outbox.calls_dir / key / ".tmp-999-abc-end.json"
     tmp.write_text("{partial")
     state = outbox.read(key)
     assert state is not None and not state.end
+    assert tmp.exists()
+    an_hour_later = time.time() + 3600
+    monkeypatch.setattr(_outbox, "time", SimpleNamespace(time=lambda: an_hour_later))
+    outbox.read(key)
+    assert not tmp.exists()
+
+
+def test_a_spare_just_renamed_to_a_tmp_name_is_not_taken_for_a_leftover(outbox: Outbox) -> None:
+    # A spare keeps its old mtime when renamed to a tmp name, until the write lands; the
+    # rename (like utime here) sets its ctime, which says it is live.
+    key = call_key(CALL)
+    outbox.put_started(CALL, STARTED_BODY)
+    tmp = outbox.calls_dir / key / ".tmp-999-abc-chunk-000000.pcm"
+    tmp.write_bytes(b"\x00" * 100)
     old = time.time() - 3600
     os.utime(tmp, (old, old))
     outbox.read(key)
-    assert not tmp.exists()
+    assert tmp.exists()
 
 
 def test_lock_is_exclusive_and_released(outbox: Outbox) -> None:

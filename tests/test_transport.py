@@ -489,3 +489,30 @@ def test_a_parting_reply_on_an_idle_connection_is_not_taken_for_ours(tmp_path: P
         assert c.post_event(event(2)).status == 200
         c.close()
     assert len(seen) == 2
+
+
+def test_a_slow_reader_cannot_stretch_a_put_past_its_write_timeout(tmp_path: Path) -> None:
+    # Each send makes progress, so a timeout per send would never fire: the whole send has
+    # the timeout, as with sendall.
+    stop = threading.Event()
+    srv = socket.create_server(("127.0.0.1", 0))
+
+    def trickle() -> None:
+        conn, _ = srv.accept()
+        with conn:
+            while not stop.is_set() and conn.recv(65536):
+                stop.wait(0.05)  # ~1.3 MB/s: each send still finds room within its timeout
+
+    threading.Thread(target=trickle, daemon=True).start()
+    c = client(f"http://127.0.0.1:{srv.getsockname()[1]}", tmp_path)
+    pcm = bytes(64 * 1024 * 1024)  # far more than the socket buffers hold
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(RoarkHTTPError) as err:
+            c.put_chunk(f"http://127.0.0.1:{srv.getsockname()[1]}/up?X-Sig=a", pcm, timeout=2.0)
+        assert time.monotonic() - t0 < 15  # about 2 s; never the ~50 s of the trickle
+        assert err.value.message == "WriteTimeout"
+    finally:
+        stop.set()
+        c.close()
+        srv.close()

@@ -265,11 +265,14 @@ class Outbox:
         now = time.time()
         for e in entries:
             try:
-                mtime = e.stat().st_mtime
+                st = e.stat()
             except FileNotFoundError:
                 continue
+            mtime = st.st_mtime
             if e.name.startswith(TMP_PREFIX):
-                if now - mtime > _STALE_TMP_S:  # left by a killed writer
+                # A spare renamed to a tmp name keeps its old mtime until written; the
+                # rename set its ctime: a live write is never taken for a killed writer's.
+                if now - max(mtime, st.st_ctime) > _STALE_TMP_S:
                     with contextlib.suppress(OSError):
                         os.unlink(e.path)
                 continue

@@ -464,7 +464,7 @@ class Steps:
 
     def _repair_log(self, key: str, state: CallState) -> None:
         self.outbox.repair_log(key, state.log)
-        self._local_corruption(self._call_id(key, state), "sent.log", state.log.damaged)
+        self._local_corruption(self._call_id(key, state), "sent log", state.log.damaged)
 
     def _local_corruption(self, call_id: str, filename: str, n: int = 1) -> None:
         self._stats.lost(_stats.LOCAL_CORRUPTION, n)

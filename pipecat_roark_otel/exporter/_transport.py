@@ -224,12 +224,16 @@ def _readable(sock: socket.socket) -> bool:
         return True
 
 
-def _send(sock: socket.socket, head: bytes, body: bytes) -> None:
+def _send(sock: socket.socket, head: bytes, body: bytes, timeout: float | None) -> None:
     """Head and a large body gathered by the kernel (``sendmsg``), not joined into one
-    copy first; a TLS socket has no ``sendmsg``, and small bodies join for less."""
+    copy first; a TLS socket has no ``sendmsg``, and small bodies join for less.
+
+    ``timeout`` bounds the whole send, as it does ``sendall``'s: a receiver reading slowly
+    cannot stretch it send by send."""
     if len(body) < _GATHER_FROM or isinstance(sock, ssl.SSLSocket) or not _GATHER:
         sock.sendall(head + body)
         return
+    deadline = None if timeout is None else time.monotonic() + timeout
     parts = [memoryview(head), memoryview(body)]
     while parts:
         sent = sock.sendmsg(parts)
@@ -237,6 +241,11 @@ def _send(sock: socket.socket, head: bytes, body: bytes) -> None:
             sent -= len(parts.pop(0))
         if sent:
             parts[0] = parts[0][sent:]
+        if parts and deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("write timed out")
+            sock.settimeout(left)
 
 
 class Http11:
@@ -258,7 +267,7 @@ class Http11:
             reader, phase = _Reader(sock), "write"
             try:
                 _timeout(sock, write)
-                _send(sock, head, body)
+                _send(sock, head, body, write)
                 _timeout(sock, read)
                 phase = "read"
                 reply, reusable = _read_reply(reader)
