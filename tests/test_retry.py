@@ -8,7 +8,7 @@ from email.utils import format_datetime
 
 import pytest
 
-from pipecat_roark_otel.exporter._gate import Gate, GatePolicy
+from pipecat_roark_otel.exporter._gate import Gate, GatePolicy, State
 from pipecat_roark_otel.exporter._retry import (
     RETRYABLE,
     Outcome,
@@ -18,6 +18,7 @@ from pipecat_roark_otel.exporter._retry import (
     parse_retry_after,
     retry_delay,
 )
+from pipecat_roark_otel.exporter._scheduler import Next, Scheduler
 
 
 @pytest.mark.parametrize(
@@ -120,6 +121,25 @@ def test_gate_closes_after_failures_then_probes_one_at_a_time() -> None:
     change = gate.release(Outcome.OK, 6.5, answered=False, wait=None)
     assert change.recovered and not change.from_auth and gate.take_recovered()
     assert not gate.take_recovered() and gate.state(6.6) == ("open", 6.6)
+
+
+def test_a_shut_gate_hands_out_one_call_per_probe_however_many_wait() -> None:
+    sched = Scheduler()
+    sched.apply_rescan({f"k{i}": i for i in range(1000)}, 0.0)
+
+    def look(now: float, gate: State, gate_at: float) -> int:
+        with sched.lock:
+            sched.dispatch_locked(now, gate, gate_at)
+        return sched.counts()["in_flight"]
+
+    # "probe" lasts until a worker claims it: every look meanwhile must not hand out more.
+    assert [look(now, "probe", now) for now in (1.0, 1.001, 1.002)] == [1, 1, 1]
+    probe = sched.take()
+    assert probe is not None
+    sched.finish(probe, 0, Next(2.0, True), 1.01)  # refused: back to wait on the gate
+    assert look(1.5, "closed", 2.0) == 0
+    assert look(2.0, "probe", 2.0) == 1  # the next probe
+    assert look(2.0, "open", 2.0) == 1000  # it answered: everyone goes
 
 
 def test_a_refused_upload_url_is_an_answer_not_an_outage() -> None:
