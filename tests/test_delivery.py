@@ -184,6 +184,20 @@ def test_order_holds_when_chunks_arrive_before_call_started(
     assert all(s is True for s in fake.suppressed)  # our HTTP is never telemetry
 
 
+def _on_event(
+    fake: FakeRoark, event: str, then: Callable[[], None]
+) -> Callable[[httpx.Request], httpx.Response]:
+    """``fake``, running ``then`` after it answers each such webhook event."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        reply = fake(request)
+        if request.url.path.endswith("/pipecat") and json.loads(request.content)["event"] == event:
+            then()
+        return reply
+
+    return handler
+
+
 def test_writes_landing_while_a_session_delivers_go_out_once_in_order(
     tmp_path: Path, engines: Callable[..., Engine]
 ) -> None:
@@ -192,18 +206,14 @@ def test_writes_landing_while_a_session_delivers_go_out_once_in_order(
     fake = FakeRoark()
     holder: list[Engine] = []
 
-    def handler(request: httpx.Request) -> httpx.Response:
-        reply = fake(request)
-        if request.url.path.endswith("/pipecat") and json.loads(request.content)["event"] == (
-            "call-started"
-        ):
-            engine = holder[0]
-            for i in range(2):
-                engine.put_chunk("c1", i, PCM, sample_rate=16000, num_channels=2)
-            engine.put_segment("c1", 0, segment("hi"))
-            engine.put_end("c1", end("c1", chunks=2))
-        return reply
+    def meanwhile() -> None:
+        engine = holder[0]
+        for i in range(2):
+            engine.put_chunk("c1", i, PCM, sample_rate=16000, num_channels=2)
+        engine.put_segment("c1", 0, segment("hi"))
+        engine.put_end("c1", end("c1", chunks=2))
 
+    handler = _on_event(fake, "call-started", meanwhile)
     engine = engines(tmp_path / "spool", BASE, transport=httpx.MockTransport(handler))
     holder.append(engine)
     engine.put_started("c1", started("c1"))
@@ -221,14 +231,10 @@ def test_a_chunk_landing_while_call_ended_goes_out_is_sent_not_retired(
     fake = FakeRoark()
     holder: list[Engine] = []
 
-    def handler(request: httpx.Request) -> httpx.Response:
-        reply = fake(request)
-        if request.url.path.endswith("/pipecat") and json.loads(request.content)["event"] == (
-            "call-ended"
-        ):
-            holder[0].put_chunk("c1", 0, PCM, sample_rate=16000, num_channels=2)
-        return reply
+    def meanwhile() -> None:
+        holder[0].put_chunk("c1", 0, PCM, sample_rate=16000, num_channels=2)
 
+    handler = _on_event(fake, "call-ended", meanwhile)
     engine = engines(tmp_path / "spool", BASE, transport=httpx.MockTransport(handler))
     holder.append(engine)
     engine.put_started("c1", started("c1"))
