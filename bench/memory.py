@@ -42,31 +42,39 @@ class _Steps:
     ``worst`` leaves out garbage collections that fell inside the step: a collection
     walks every object of the process (100 pipelines here), and whichever allocation
     triggers it pays; ``worst_gc`` is the longest such collection, reported apart.
+    ``worst_wall`` is the longest step by the clock (collections left out too): what the
+    loop stood still for, waits for the GIL held by other threads and the OS included.
     """
 
     worst = 0.0
     where = ""
     worst_with_gc = 0.0
     worst_gc = 0.0
+    worst_wall = 0.0
+    where_wall = ""
 
     @classmethod
-    def note(cls, seconds: float, gc_seconds: float, where: str) -> None:
+    def note(cls, seconds: float, wall: float, gc: tuple[float, float], where: str) -> None:
+        gc_seconds, gc_wall = gc
         if seconds - gc_seconds > cls.worst:
             cls.worst, cls.where = seconds - gc_seconds, where
+        if wall - gc_wall > cls.worst_wall:
+            cls.worst_wall, cls.where_wall = wall - gc_wall, where
         cls.worst_with_gc = max(cls.worst_with_gc, seconds)
         cls.worst_gc = max(cls.worst_gc, gc_seconds)
 
     @classmethod
     def reset(cls) -> None:
-        cls.worst = cls.worst_with_gc = cls.worst_gc = 0.0
-        cls.where = ""
+        cls.worst = cls.worst_with_gc = cls.worst_gc = cls.worst_wall = 0.0
+        cls.where = cls.where_wall = ""
 
 
 class _Gc:
-    """Loop-thread CPU spent in garbage collection so far (``gc.callbacks``)."""
+    """Loop-thread CPU and clock time spent in garbage collection so far (``gc.callbacks``)."""
 
     spent = 0.0
-    _started = 0.0
+    spent_wall = 0.0
+    _started = (0.0, 0.0)
     _thread = threading.get_ident()
 
     @classmethod
@@ -74,16 +82,22 @@ class _Gc:
         if threading.get_ident() != cls._thread:
             return
         if phase == "start":
-            cls._started = time.thread_time()
+            cls._started = (time.thread_time(), time.perf_counter())
         else:
-            cls.spent += time.thread_time() - cls._started
+            cls.spent += time.thread_time() - cls._started[0]
+            cls.spent_wall += time.perf_counter() - cls._started[1]
+
+    @classmethod
+    def since(cls, mark: tuple[float, float]) -> tuple[float, float]:
+        return cls.spent - mark[0], cls.spent_wall - mark[1]
 
 
 class _Timed:
     """Awaits a coroutine, timing each step it runs between suspensions.
 
-    Thread CPU time, not wall: on a shared machine the OS may deschedule the loop
-    mid-step, which is not work of ours.
+    Thread CPU time first: on a shared machine the OS may deschedule the loop mid-step,
+    which is not work of ours. The clock too: a step also waits whenever it lets the GIL
+    go (a C call that releases it) and another thread takes it.
     """
 
     def __init__(self, coro: Any, where: str) -> None:
@@ -95,17 +109,21 @@ class _Timed:
         value: Any = None
         error: BaseException | None = None
         while True:
-            t, g = time.thread_time(), _Gc.spent
+            t, w, g = time.thread_time(), time.perf_counter(), (_Gc.spent, _Gc.spent_wall)
             try:
                 out = it.throw(error) if error is not None else it.send(value)
             except StopIteration as stop:
-                _Steps.note(time.thread_time() - t, _Gc.spent - g, self._where)
+                self._note(t, w, g)
                 return stop.value
-            _Steps.note(time.thread_time() - t, _Gc.spent - g, self._where)
+            self._note(t, w, g)
             try:
                 value, error = (yield out), None
             except BaseException as e:
                 value, error = None, e
+
+    def _note(self, t: float, w: float, g: tuple[float, float]) -> None:
+        cpu, wall = time.thread_time() - t, time.perf_counter() - w
+        _Steps.note(cpu, wall, _Gc.since(g), self._where)
 
 
 def _timed(variant: str) -> Any:
@@ -251,6 +269,8 @@ async def _child(variant: str, calls: int, seconds: float) -> dict[str, Any]:
         "wall_s": wall,
         "worst_step_ms": _Steps.worst * 1e3 if variant.endswith("_steps") else None,
         "worst_step_at": _Steps.where,
+        "worst_step_wall_ms": _Steps.worst_wall * 1e3 if variant.endswith("_steps") else None,
+        "worst_step_wall_at": _Steps.where_wall,
         # Share of the machine's CPU time its host took back during the calls.
         "steal_share": (
             (steal1 - steal0) / os.sysconf("SC_CLK_TCK") / (wall * (os.cpu_count() or 1))
@@ -293,6 +313,10 @@ def _median_row(rs: list[dict[str, Any]]) -> dict[str, Any]:
     worst = max(steps, key=lambda r: r["worst_step_ms"]) if steps else None
     row["worst_step_ms"] = worst["worst_step_ms"] if worst else None
     row["worst_step_at"] = worst["worst_step_at"] if worst else ""
+    walls = [r for r in steps if r.get("worst_step_wall_ms") is not None]
+    longest = max(walls, key=lambda r: r["worst_step_wall_ms"]) if walls else None
+    row["worst_step_wall_ms"] = longest["worst_step_wall_ms"] if longest else None
+    row["worst_step_wall_at"] = longest["worst_step_wall_at"] if longest else ""
     row["worst_step_with_gc_ms"] = max((r["worst_step_with_gc_ms"] for r in steps), default=None)
     row["worst_gc_in_step_ms"] = max((r["worst_gc_in_step_ms"] for r in steps), default=None)
     return row
@@ -347,12 +371,18 @@ def verdict(rows: list[dict[str, Any]]) -> list[str]:
                 f"{steps['worst_gc_in_step_ms']:.2f} ms, worst step with one "
                 f"{steps['worst_step_with_gc_ms']:.2f} ms)"
             )
+            lines.append(
+                f"ours x{n}: longest step of ours by the clock {steps['worst_step_wall_ms']:.2f} "
+                f"ms, handling {steps['worst_step_wall_at']} (the loop also waits in a step "
+                f"for the GIL, once a C call lets it go, and for the OS)"
+            )
         if floor is not None and floor["worst_step_ms"] is not None:
             lines.append(
                 f"noop x{n}: longest step of a no-op observer, timed the same way "
                 f"{floor['worst_step_ms']:.2f} ms CPU, handling {floor['worst_step_at']} "
                 f"(the floor of this measure here; host steal during the calls: "
-                f"{100 * (floor['steal_share'] or 0):.1f}% of the CPUs)"
+                f"{100 * (floor['steal_share'] or 0):.1f}% of the CPUs); by the clock "
+                f"{floor['worst_step_wall_ms']:.2f} ms"
             )
     return lines
 

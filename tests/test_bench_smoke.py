@@ -39,11 +39,16 @@ def test_overhead() -> None:
 
 
 def test_memory() -> None:
-    doc = _run("memory", "--variants", "noop,ours")
-    (ours,) = [r for r in doc["rows"] if r["variant"] == "ours"]
+    doc = _run("memory", "--variants", "noop,ours,ours_steps")
+    rows = {r["variant"]: r for r in doc["rows"]}
+    ours, steps = rows["ours"], rows["ours_steps"]
     assert ours["calls"] == 5
     assert ours["frames"] > 0
     assert ours["census_midway"]["threads"] >= 1
+    # The longest step of ours is timed both ways, and only in the timed run.
+    assert ours["worst_step_ms"] is None
+    assert steps["worst_step_ms"] > 0 and steps["worst_step_wall_ms"] > 0
+    assert steps["worst_step_at"] and steps["worst_step_wall_at"]
 
 
 def test_loop_lag() -> None:
