@@ -324,13 +324,14 @@ def _median_row(rs: list[dict[str, Any]]) -> dict[str, Any]:
     row["delta_mb_runs"] = [r["delta_mb"] for r in rs]
     row["handoff_peak_mb"] = p.median([r["handoff_peak_mb"] for r in rs])
     steps = [r for r in rs if r["worst_step_ms"] is not None]
-    worst = max(steps, key=lambda r: r["worst_step_ms"]) if steps else None
-    row["worst_step_ms"] = worst["worst_step_ms"] if worst else None
-    row["worst_step_at"] = worst["worst_step_at"] if worst else ""
-    walls = [r for r in steps if r.get("worst_step_wall_ms") is not None]
-    longest = max(walls, key=lambda r: r["worst_step_wall_ms"]) if walls else None
-    row["worst_step_wall_ms"] = longest["worst_step_wall_ms"] if longest else None
-    row["worst_step_wall_at"] = longest["worst_step_wall_at"] if longest else ""
+    # A timed run has both figures; each comes from the run where it was longest.
+    for ms, at in (
+        ("worst_step_ms", "worst_step_at"),
+        ("worst_step_wall_ms", "worst_step_wall_at"),
+    ):
+        worst = max(steps, key=lambda r: r[ms]) if steps else None
+        row[ms] = worst[ms] if worst else None
+        row[at] = worst[at] if worst else ""
     row["worst_step_with_gc_ms"] = max((r["worst_step_with_gc_ms"] for r in steps), default=None)
     row["worst_gc_in_step_ms"] = max((r["worst_gc_in_step_ms"] for r in steps), default=None)
     row["longest_gc_elsewhere_ms"] = max((r["longest_gc_elsewhere_ms"] for r in steps), default=0)
