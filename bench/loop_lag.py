@@ -1,11 +1,13 @@
-"""Event-loop lag over a call paced in real time (sped up), with and without observers.
+"""Event-loop lag over calls paced in real time (or sped up), with and without observers.
 
-    python -m bench.loop_lag [--quick] [--seconds 120] [--speed 10] [--runs 3]
+    python -m bench.loop_lag [--quick] [--seconds 120] [--speed 10] [--runs 3] [--calls 1]
 
-A 1 ms ticker runs beside one call; lag is how late each tick wakes. The call is paced
-(``speed`` x real time) so the loop is mostly idle and only blocking work shows; the
-window includes the call's end (EndFrame, span export, recorder flush). Interleaved
-runs; worst and median-of-max reported. Default: about 2 minutes.
+A 1 ms ticker runs beside the calls; lag is how late each tick wakes. The calls are paced
+(``speed`` x real time) so the loop is not saturated and only blocking work shows; the
+window includes the calls' ends (EndFrame, span export, recorder flush). With
+``--calls N`` the calls share the loop as on a bot host, their starts spread over one
+turn so that their turns do not line up. Interleaved runs; worst and median-of-max
+reported. Default (one call at 10x): about 2 minutes.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ TARGET_MS = 2.0
 TICK = 0.001
 
 
-async def _lagged(variant: str, shape: p.CallShape, speed: float) -> list[float]:
+async def _lagged(variant: str, shape: p.CallShape, speed: float, calls: int = 1) -> list[float]:
     lags: list[float] = []
     stop = asyncio.Event()
 
@@ -31,20 +33,27 @@ async def _lagged(variant: str, shape: p.CallShape, speed: float) -> list[float]
             await asyncio.sleep(TICK)
             lags.append(max(0.0, time.perf_counter() - t - TICK))
 
+    async def call(i: int) -> None:
+        # Starts spread over one turn (scaled by the speed), as calls on a host are.
+        await asyncio.sleep(i * shape.turn_every_s / speed / calls)
+        await p.run_call(variant, shape, speed=speed, collect=False)
+
     tick = asyncio.ensure_future(ticker())
-    await p.run_call(variant, shape, speed=speed, collect=False)
+    await asyncio.gather(*(call(i) for i in range(calls)))
     stop.set()
     await tick
     return lags
 
 
-async def measure(names: list[str], shape: p.CallShape, speed: float, runs: int) -> Any:
+async def measure(
+    names: list[str], shape: p.CallShape, speed: float, runs: int, calls: int = 1
+) -> Any:
     for name in names:  # warm-up: imports, first exporter, soxr
         await _lagged(name, p.CallShape(seconds=4.0), speed * 2)
     out: dict[str, list[list[float]]] = {n: [] for n in names}
     for _ in range(runs):
         for name in names:
-            out[name].append(await _lagged(name, shape, speed))
+            out[name].append(await _lagged(name, shape, speed, calls))
     return out
 
 
@@ -56,6 +65,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--seconds", type=float, default=120.0, help="call length (default 120)")
     ap.add_argument("--speed", type=float, default=10.0, help="times real time (default 10)")
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--calls", type=int, default=1, help="concurrent calls on the loop (default 1)")
     ap.add_argument(
         "--variants", default=None, help="default none,noop,incumbent,ours,ours+tracing"
     )
@@ -72,7 +82,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if not p.has_incumbent():
         names = [n for n in names if not n.startswith("incumbent")]
     t0 = time.monotonic()
-    raw = asyncio.run(measure(names, p.CallShape(seconds=args.seconds), args.speed, args.runs))
+    shape = p.CallShape(seconds=args.seconds)
+    raw = asyncio.run(measure(names, shape, args.speed, args.runs, args.calls))
     per: dict[str, Any] = {}
     for name, runs in raw.items():
         maxes = [max(r, default=0.0) * 1e3 for r in runs]
@@ -89,7 +100,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         [n, r["ticks"], r["p99_ms"], r["p999_ms"], r["median_max_ms"], r["worst_ms"], r["over_2ms"]]
         for n, r in per.items()
     ]
-    print(f"loop lag, {args.seconds:g} s call at {args.speed:g}x, {args.runs} interleaved runs")
+    print(
+        f"loop lag, {args.calls} x {args.seconds:g} s call at {args.speed:g}x, "
+        f"{args.runs} interleaved runs"
+    )
     print(
         p.table(
             [
@@ -105,6 +119,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         )
     )
     settings = {"seconds": args.seconds, "speed": args.speed, "runs": args.runs}
+    settings["calls"] = args.calls
     return p.write_results("loop_lag", args.out, t0, **settings, results=per)
 
 

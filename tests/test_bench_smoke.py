@@ -52,7 +52,8 @@ def test_memory() -> None:
 
 
 def test_loop_lag() -> None:
-    doc = _run("loop_lag", "--variants", "none,ours")
+    doc = _run("loop_lag", "--variants", "none,ours", "--calls", "2")
+    assert doc["calls"] == 2
     assert doc["results"]["ours"]["ticks"] > 0
 
 
@@ -74,3 +75,22 @@ def test_outage() -> None:
     (result,) = doc["results"]
     assert result["calls"] == 100 and result["pending"] == 100  # all still waiting
     assert 0 <= result["cpu_ms_per_s"] < 100
+
+
+def test_paired_ratio_interval() -> None:
+    from bench.overhead import _judge, _paired_ratio
+
+    # (ours, none, noop) per round: the machine drifts, the extras do not.
+    steady = [(100.0 + d + 12, 100.0 + d, 100.0 + d + 10) for d in (0, 9, -4, 20, 3, -7, 11)]
+    point, interval = _paired_ratio(steady)
+    assert point == pytest.approx(1.2)
+    assert interval == pytest.approx([1.2, 1.2])
+    assert _judge(interval).startswith("meets")
+    # One disturbed round moves neither the point nor the interval past the target.
+    point, interval = _paired_ratio([*steady[:-1], (190.0, 100.0, 110.0)])
+    assert point == pytest.approx(1.2)
+    assert interval is not None and interval[1] <= 1.3
+    noisy = [(100 + e, 100.0, 100 + n) for e, n in ((12, 10), (30, 8), (5, 12), (15, 9), (9, 11))]
+    interval = _paired_ratio(noisy)[1]
+    assert interval is not None and "inside" in _judge(interval)
+    assert _paired_ratio(steady[:3])[1] is None  # too few rounds for an interval
