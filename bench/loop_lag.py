@@ -35,7 +35,8 @@ async def _lagged(variant: str, shape: p.CallShape, speed: float, calls: int = 1
 
     async def call(i: int) -> None:
         # Starts spread over one turn (scaled by the speed), as calls on a host are.
-        await asyncio.sleep(i * shape.turn_every_s / speed / calls)
+        if speed > 0:
+            await asyncio.sleep(i * shape.turn_every_s / speed / calls)
         await p.run_call(variant, shape, speed=speed, collect=False)
 
     tick = asyncio.ensure_future(ticker())
@@ -71,6 +72,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     ap.add_argument("--out", default="loop_lag", help="results file name under bench/results/")
     args = ap.parse_args(argv)
+    if args.calls < 1:
+        ap.error("--calls must be 1 or more")
     if args.quick:
         args.seconds, args.speed, args.runs = min(args.seconds, 4.0), 20.0, 1
     p.quiet_logs()
