@@ -121,8 +121,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             rows,
         )
     )
-    settings = {"seconds": args.seconds, "speed": args.speed, "runs": args.runs}
-    settings["calls"] = args.calls
+    settings = dict(seconds=args.seconds, speed=args.speed, runs=args.runs, calls=args.calls)
     return p.write_results("loop_lag", args.out, t0, **settings, results=per)
 
 

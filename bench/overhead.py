@@ -141,8 +141,8 @@ def _paired_ratio(
         return point, None
     rng = random.Random(0)
     draws = [ratio(rng.choices(rounds, k=len(rounds))) for _ in range(BOOTSTRAP_DRAWS)]
-    found = sorted(d for d in draws if d is not None)
-    return point, [found[len(found) // 20], found[len(found) * 19 // 20]]
+    found = [d for d in draws if d is not None]
+    return point, [p.percentile(found, 5), p.percentile(found, 95)]
 
 
 def _ratio(extra: float | None, noop_extra: float | None) -> float | None:
